@@ -1,0 +1,61 @@
+"""Atomic file writes: a crash never leaves a half-written result at its final name."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{dest.name}.", suffix=".tmp" + "".join(dest.suffixes), dir=dest.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(dest: str | os.PathLike, text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+    return Path(dest)
+
+
+def write_json(dest: str | os.PathLike, obj: Any) -> Path:
+    return write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_csv(dest: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    with atomic_path(dest) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(dest)
+
+
+def write_npz(dest: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return Path(dest)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")

@@ -1,0 +1,57 @@
+"""Evaluation metrics, exact (every distinct score is a threshold) and vectorised; values in [0, 1]."""
+
+from defectbench.metrics.boxes import box_ap, box_ap_per_class, box_scores
+from defectbench.metrics.evaluate import METRICS, evaluate
+from defectbench.metrics.ranking import (
+    ap,
+    auc,
+    auroc,
+    average_precision,
+    best_f1_threshold,
+    ca,
+    detection_scores,
+    f1,
+    i_ap,
+    i_auroc,
+    macc,
+    p_ap,
+    p_auroc,
+    pixel_auroc_ap,
+    pro_auc,
+)
+from defectbench.metrics.segmentation import (
+    otsu_threshold,
+    otsu_thresholds_per_image,
+    segmentation_scores,
+    threshold_maps,
+)
+from defectbench.metrics.sweep import DEFAULT_CHUNK_PIXELS, MetricWarning
+
+__all__ = [
+    "DEFAULT_CHUNK_PIXELS",
+    "METRICS",
+    "MetricWarning",
+    "ap",
+    "auc",
+    "auroc",
+    "average_precision",
+    "best_f1_threshold",
+    "box_ap",
+    "box_ap_per_class",
+    "box_scores",
+    "ca",
+    "detection_scores",
+    "evaluate",
+    "f1",
+    "i_ap",
+    "i_auroc",
+    "macc",
+    "otsu_threshold",
+    "otsu_thresholds_per_image",
+    "p_ap",
+    "p_auroc",
+    "pixel_auroc_ap",
+    "pro_auc",
+    "segmentation_scores",
+    "threshold_maps",
+]

@@ -1,0 +1,23 @@
+"""Path templates of everything the workflow reads and writes (relative to the workflow directory).
+The Snakefile's rules and the package both format these; nothing else spells a path."""
+
+ARCHIVES_DIR = "resources/archives"
+ARCHIVE = ARCHIVES_DIR + "/{dataset}/{filename}"
+DATASETS_DIR = "resources/datasets"
+DATASET_DIR = DATASETS_DIR + "/{dataset}"
+DATASET_READY = DATASET_DIR + "/.ready"  # written once a dataset is extracted or synthesized
+WEIGHTS_DIR = "resources/weights"
+
+MANIFEST = "results/manifests/{dataset}.csv"
+SPLIT = "results/splits/{dataset}/{protocol}.csv"
+RUN_DIR = "results/runs/{dataset}/{category}/{experiment}/seed{seed}"
+MODEL = RUN_DIR + "/model.pt"
+TRAIN_LOG = RUN_DIR + "/train_log.csv"
+PREDICTIONS = RUN_DIR + "/predictions.npz"
+METRICS = RUN_DIR + "/metrics.json"
+CHECKPOINT = RUN_DIR + "/checkpoint.pt"
+METRICS_TABLE = "results/metrics.csv"
+TABLE = "results/tables/{paper}/{table}.{ext}"
+FIGURE = "results/figures/{paper}/{figure}.png"
+RUN_INFO = "results/run_info.yaml"
+LOGS = "results/logs/{rule}/{name}.log"

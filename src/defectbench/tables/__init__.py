@@ -1,0 +1,17 @@
+"""Paper tables and figures: measured metrics beside the published numbers (see docs/DEVELOPING.md)."""
+
+from defectbench.tables.figures import render_figures
+from defectbench.tables.render import BANNER, render_paper
+from defectbench.tables.sources import load_metrics, load_published
+from defectbench.tables.spec import TableInputError, load_spec, required_cells
+
+__all__ = [
+    "BANNER",
+    "TableInputError",
+    "load_metrics",
+    "load_published",
+    "load_spec",
+    "render_figures",
+    "render_paper",
+    "required_cells",
+]

@@ -1,0 +1,26 @@
+# Per-run metrics.json, and results/metrics.csv collecting every planned run.
+
+
+rule evaluate:
+    input:
+        predictions=paths.PREDICTIONS,
+        split=lambda w: paths.SPLIT.format(
+            dataset=w.dataset, protocol=EXPERIMENTS[w.experiment]["protocol"]
+        ),
+    output:
+        paths.METRICS,
+    log:
+        paths.LOGS.format(rule="evaluate", name="{dataset}/{category}/{experiment}/seed{seed}"),
+    script:
+        "../scripts/rule.py"
+
+
+rule collect:
+    input:
+        [paths.METRICS.format(**run.__dict__) for run in RUNS],
+    output:
+        paths.METRICS_TABLE,
+    log:
+        paths.LOGS.format(rule="collect", name="metrics"),
+    script:
+        "../scripts/rule.py"
