@@ -3,15 +3,17 @@
 from defectbench.tables.figures import render_figures
 from defectbench.tables.render import BANNER, render_paper
 from defectbench.tables.sources import load_metrics, load_published
-from defectbench.tables.spec import TableInputError, load_spec, required_cells
+from defectbench.tables.spec import TableInputError, figure_names, load_spec, required_cells, table_names
 
 __all__ = [
     "BANNER",
     "TableInputError",
+    "figure_names",
     "load_metrics",
     "load_published",
     "load_spec",
     "render_figures",
     "render_paper",
     "required_cells",
+    "table_names",
 ]

@@ -1,0 +1,171 @@
+"""The two CSV inputs of the tables: published numbers and collected metrics, checked against their schemas."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from defectbench.tables.spec import NATURAL_UNITS, TableInputError, categories_of, load_schema
+
+PUBLISHED_KEY = ["paper", "table", "dataset", "category", "method", "setting", "metric"]
+UNIT_KEY = ["experiment", "dataset", "category", "metric"]
+
+
+def load_published(path: str | os.PathLike) -> pd.DataFrame:
+    """Published numbers as text plus a float `number` column; raise TableInputError naming file and row."""
+    frame = _read_checked(Path(path), "published", "published numbers (config/published/<paper>.csv)")
+    duplicated = frame[frame.duplicated(PUBLISHED_KEY, keep=False)]
+    if not duplicated.empty:
+        first = duplicated.iloc[0]
+        same = duplicated[(duplicated[PUBLISHED_KEY] == first[PUBLISHED_KEY]).all(axis=1)]
+        lines = ", ".join(str(i + 2) for i in same.index)
+        key = ", ".join(f"{k}={first[k]!r}" for k in PUBLISHED_KEY)
+        raise TableInputError(
+            f"{path}: rows {lines} repeat the key ({key}); keep one of them (each printed number once)"
+        )
+    frame["number"] = frame["value"].astype(float)
+    return frame
+
+
+def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
+    """Collected metrics with `seed` as int and `value` as float; one row per (unit, seed, metric)."""
+    frame = _read_checked(Path(path), "metrics", "collected metrics (results/metrics.csv)")
+    frame["seed"] = frame["seed"].astype(int)
+    frame["value"] = frame["value"].replace("", "nan").astype(float)
+    fraction = (
+        ~frame["metric"].isin(list(NATURAL_UNITS))
+        & ~frame["value"].between(0.0, 1.0)
+        & frame["value"].notna()
+    )
+    if fraction.any():
+        row = int(np.flatnonzero(fraction.to_numpy())[0])
+        raise TableInputError(
+            f"{path}: row {row + 2} has {frame['metric'].iloc[row]} = {frame['value'].iloc[row]}, outside [0, 1]; "
+            "metrics.json values are fractions, never percent: fix the evaluator and re-run it"
+        )
+    key = ["dataset", "category", "experiment", "seed", "metric"]
+    duplicated = frame.duplicated(key, keep="first")
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise TableInputError(
+            f"{path}: row {row + 2} repeats ({', '.join(f'{k}={frame[k].iloc[row]!r}' for k in key)}); "
+            "collect each metrics.json once"
+        )
+    return frame
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A cell's measured value in [0, 1] (or natural units) with its per-seed values."""
+
+    value: float
+    std: float
+    n_seeds: int
+    per_seed: dict[int, float]
+
+
+class MeasuredIndex:
+    """Lookup of measured values per unit; `selected` (dataset -> units) limits which units count as run."""
+
+    def __init__(self, metrics: pd.DataFrame, selected: Mapping[str, Collection[str]] | None = None) -> None:
+        self._units: dict[tuple[str, str, str, str], dict[int, float]] = {}
+        ordered = metrics.sort_values([*UNIT_KEY, "seed"], kind="stable")
+        for key, group in ordered.groupby(UNIT_KEY, sort=False):
+            self._units[tuple(key)] = dict(zip(group["seed"].tolist(), group["value"].tolist(), strict=True))
+        self._selected = None if selected is None else {d: set(units) for d, units in selected.items()}
+
+    def lookup(self, keys: Mapping[str, Any]) -> Measured | None:
+        """Mean over units of the mean over seeds; None ("not run") unless every unit is selected and has runs."""
+        if "experiment" not in keys:
+            return None
+        dataset, categories = keys["dataset"], categories_of(keys)
+        if self._selected is not None and not set(categories) <= self._selected.get(dataset, set()):
+            return None
+        units = [self._units.get((keys["experiment"], dataset, c, keys["metric"])) for c in categories]
+        if any(u is None for u in units):
+            return None
+        value = float(np.mean([np.mean(list(u.values())) for u in units]))
+        common = sorted(set.intersection(*(set(u) for u in units)))
+        per_seed = {s: float(np.mean([u[s] for u in units])) for s in common}
+        return Measured(value, seed_std(per_seed), min(len(u) for u in units), per_seed)
+
+
+def average(parts: list[Measured]) -> Measured:
+    """The mean of several cells (an `average_of` row or column), per seed where the seeds agree."""
+    common = sorted(set.intersection(*(set(p.per_seed) for p in parts)))
+    per_seed = {s: float(np.mean([p.per_seed[s] for p in parts])) for s in common}
+    value = float(np.mean([p.value for p in parts]))
+    return Measured(value, seed_std(per_seed), min(p.n_seeds for p in parts), per_seed)
+
+
+def seed_std(per_seed: Mapping[int, float]) -> float:
+    """Sample standard deviation over seeds; NaN with fewer than two seeds."""
+    values = np.fromiter(per_seed.values(), dtype=float)
+    return float(values.std(ddof=1)) if values.size >= 2 else float("nan")
+
+
+def _read_checked(path: Path, schema_name: str, what: str) -> pd.DataFrame:
+    """Read a CSV as text and check it against the row schema's required columns and property types."""
+    if not path.exists():
+        raise TableInputError(f"{what} {path} does not exist; run the workflow rule that makes it")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise TableInputError(f"{path}: cannot parse as CSV ({err}); fix or regenerate the file") from err
+    schema = load_schema(schema_name)
+    missing = [c for c in schema["required"] if c not in frame.columns]
+    if missing:
+        raise TableInputError(
+            f"{path}: missing columns {missing}; {what} need the columns {schema['required']}"
+        )
+    for column in schema["required"]:  # other columns are documented only: the tables ignore them
+        rules = schema["properties"][column]
+        bad = ~_matches(frame[column], rules)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise TableInputError(
+                f"{path}: row {row + 2}, column {column!r}: {frame[column].iloc[row]!r} is not "
+                f"{_describe(rules)}; fix that row"
+            )
+    return frame
+
+
+def _matches(text: pd.Series, rules: Mapping[str, Any]) -> pd.Series:
+    """Vectorised check of CSV text against the schema keywords used in workflow/schemas (one column)."""
+    ok = pd.Series(True, index=text.index)
+    kind = rules.get("type", "string")
+    if kind in ("integer", "number"):
+        # an empty number is NaN (pandas writes NaN so), e.g. AP of a unit without defective images
+        pattern = r"-?\d+" if kind == "integer" else r"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|NaN|"
+        ok &= text.str.fullmatch(pattern)
+        numbers = pd.to_numeric(text.where(ok), errors="coerce")
+        if "minimum" in rules:
+            ok &= ~(numbers < rules["minimum"])
+        if "maximum" in rules:
+            ok &= ~(numbers > rules["maximum"])
+    if "minLength" in rules:
+        ok &= text.str.len() >= rules["minLength"]
+    if "pattern" in rules:
+        ok &= text.str.fullmatch(rules["pattern"].removeprefix("^").removesuffix("$"))
+    if "enum" in rules:
+        ok &= text.isin(rules["enum"])
+    return ok.astype(bool)
+
+
+def _describe(rules: Mapping[str, Any]) -> str:
+    parts = [f"a {rules.get('type', 'string')}"]
+    if "enum" in rules:
+        parts.append(f"one of {rules['enum']}")
+    if "pattern" in rules:
+        parts.append(f"matching {rules['pattern']!r}")
+    if "minLength" in rules:
+        parts.append("non-empty")
+    if "minimum" in rules:
+        parts.append(f">= {rules['minimum']}")
+    return ", ".join(parts)
