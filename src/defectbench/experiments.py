@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from defectbench import paths
+from defectbench.tables.spec import required_cells
 
 CONFIG_DIR = Path("config")
 
@@ -109,28 +110,6 @@ def _selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool
     )
 
 
-def table_cells(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every (experiment, dataset, category) cell a table spec file measures, row keys updated by column keys."""
-    cells = []
-    for section in ("tables", "figures"):
-        for item in (spec.get(section) or {}).values():
-            defaults = item.get("defaults") or {}
-            if section == "tables":
-                grid = [
-                    {**defaults, **row, **col}
-                    for row in item.get("rows", [])
-                    for col in item.get("columns", [])
-                ]
-            else:
-                grid = [
-                    {**defaults, **series, **point}
-                    for series in item.get("series", [])
-                    for point in series.get("points", [])
-                ]
-            cells.extend(cell for cell in grid if cell.get("experiment"))
-    return cells
-
-
 def planned_runs(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> list[Run]:
     """The runs the configured papers' tables and figures need, restricted to the configured datasets,
     categories, experiments and seeds, plus the upstream runs they depend on."""
@@ -140,17 +119,14 @@ def planned_runs(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> li
     datasets = config["datasets"]
     wanted: set[tuple[str, str, str]] = set()
     for paper in config["papers"]:
-        spec = read_yaml(config_dir / "tables" / f"{paper}.yaml")
-        for cell in table_cells(spec):
-            name, dataset = cell["experiment"], cell["dataset"]
+        for cell in required_cells(config_dir / "tables" / f"{paper}.yaml"):
+            name, dataset, category = cell["experiment"], cell["dataset"], cell["category"]
             if name not in experiments:
                 raise ValueError(f"config/tables/{paper}.yaml names an unknown experiment {name!r}")
-            if dataset not in datasets or not _selected(name, include, exclude):
-                continue
-            categories = cell.get("category", dataset)
-            for category in [categories] if isinstance(categories, str) else categories:
-                if category in datasets[dataset]["categories"]:
-                    wanted.add((dataset, category, name))
+            if _selected(name, include, exclude) and category in datasets.get(dataset, {}).get(
+                "categories", ()
+            ):
+                wanted.add((dataset, category, name))
     pending = list(wanted)
     while pending:  # add upstream runs (an upstream is needed even if the config filters it out)
         dataset, category, name = pending.pop()

@@ -138,42 +138,44 @@ def collect(smk: Any) -> None:
     runner.collect([Path(p) for p in smk.input], Path(smk.output[0]))
 
 
-def is_synthetic(config: dict[str, Any], paper_datasets: list[str] | None = None) -> bool:
-    """Whether any measured number of the configured run comes from synthetic data."""
-    names = paper_datasets or list(config["datasets"])
-    return any(
-        config["datasets"][name]["source"] == "synthetic" for name in names if name in config["datasets"]
-    )
+def is_synthetic(config: dict[str, Any]) -> bool:
+    """Whether any measured number of the configured run comes from synthetic data (tables carry a banner)."""
+    return any(settings["source"] == "synthetic" for settings in config["datasets"].values())
+
+
+def _selected_units(config: dict[str, Any]) -> dict[str, list[str]]:
+    return {name: settings["categories"] for name, settings in config["datasets"].items()}
 
 
 @rule
 def table(smk: Any) -> None:
-    from defectbench.tables import render_table
+    from defectbench.tables import render_paper
 
-    render_table(
-        paper=smk.wildcards.paper,
-        table=smk.wildcards.table,
-        spec_path=Path(smk.input.spec),
-        published_csv=Path(smk.input.published),
-        metrics_csv=Path(smk.input.metrics),
-        out_dir=Path(smk.output.csv).parent,
+    render_paper(
+        smk.wildcards.paper,
+        smk.input.spec,
+        smk.input.published,
+        smk.input.metrics,
+        Path(paths.TABLE).parent.parent,
         synthetic=is_synthetic(smk.config),
-        selected={name: ds["categories"] for name, ds in smk.config["datasets"].items()},
+        selected=_selected_units(smk.config),
+        only=[smk.wildcards.table],
     )
 
 
 @rule
 def figure(smk: Any) -> None:
-    from defectbench.tables import render_figure
+    from defectbench.tables import render_figures
 
-    render_figure(
-        paper=smk.wildcards.paper,
-        figure=smk.wildcards.figure,
-        spec_path=Path(smk.input.spec),
-        published_csv=Path(smk.input.published),
-        metrics_csv=Path(smk.input.metrics),
-        out_dir=Path(smk.output[0]).parent,
+    render_figures(
+        smk.wildcards.paper,
+        smk.input.spec,
+        smk.input.published,
+        smk.input.metrics,
+        Path(paths.FIGURE).parent.parent,
         synthetic=is_synthetic(smk.config),
+        selected=_selected_units(smk.config),
+        only=[smk.wildcards.figure],
     )
 
 

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def local_patch_features(feature_maps: list[torch.Tensor], patch_size: int, dims: int, out_dims: int) -> torch.Tensor:
+def local_patch_features(
+    feature_maps: list[torch.Tensor], patch_size: int, dims: int, out_dims: int
+) -> torch.Tensor:
     """PatchCore's locally aware patch features: (B, h, w, out_dims) on the first map's grid.
 
     Each layer's p×p neighbourhood (C·p² values) is average-pooled to `dims` values, deeper layers are upsampled

@@ -38,7 +38,9 @@ class PatchCore(Method):
             images = imagenet_normalize(torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device))
             with torch.no_grad():
                 maps = self.backbone(images)
-                chunks.append(local_patch_features(maps, p["patch_size"], p["embed_dims"], p["embed_dims"]).cpu())
+                chunks.append(
+                    local_patch_features(maps, p["patch_size"], p["embed_dims"], p["embed_dims"]).cpu()
+                )
         features = torch.cat(chunks)
         return features, features.shape[1:3]
 
@@ -64,11 +66,15 @@ class PatchCore(Method):
         distances, _ = self._neighbours.search(features.reshape(-1, features.shape[-1]).numpy())
         patch_scores = torch.from_numpy(distances[:, 0].reshape(len(samples), 1, *grid))
         input_size = tuple(self.params["input_size"])
-        maps = F.interpolate(patch_scores, size=input_size, mode="bilinear", align_corners=False)[:, 0].numpy()
+        maps = F.interpolate(patch_scores, size=input_size, mode="bilinear", align_corners=False)[
+            :, 0
+        ].numpy()
         sigma = self.params["gaussian_sigma"]
         maps = np.stack([gaussian_filter(m, sigma=sigma, mode="nearest") for m in maps])
         if input_size != tuple(eval_size):
-            maps = F.interpolate(torch.from_numpy(maps)[:, None], size=eval_size, mode="bilinear")[:, 0].numpy()
+            maps = F.interpolate(torch.from_numpy(maps)[:, None], size=eval_size, mode="bilinear")[
+                :, 0
+            ].numpy()
         scores = patch_scores.flatten(1).amax(dim=1).numpy()
         return Predictions([s.image_id for s in samples], scores, maps)
 

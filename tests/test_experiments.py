@@ -1,0 +1,115 @@
+"""Experiments, hyper-parameter resolution, the planned runs, and config validation."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from defectbench.config import ConfigError, validate_config
+from defectbench.experiments import Run, deep_merge, load_experiments, method_params, planned_runs
+
+
+def _write(path: Path, content: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(content))
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    _write(
+        tmp_path / "methods" / "toy.yaml",
+        {
+            "paper": {
+                "lr": 0.1,
+                "epochs": 50,
+                "net": {"width": 64, "depth": 4},
+                "datasets": {"ksdd": {"lr": 1.0}},
+            },
+            "demo": {"epochs": 2, "net": {"width": 8}},
+        },
+    )
+    _write(
+        tmp_path / "experiments" / "toy.yaml",
+        {
+            "toy_cls": {"method": "toy", "protocol": "official", "datasets": ["ksdd", "dagm"]},
+            "toy_cam": {"method": "toy", "protocol": "official", "datasets": ["ksdd"], "upstream": "toy_cls"},
+        },
+    )
+    _write(
+        tmp_path / "tables" / "toy.yaml",
+        {
+            "tables": {
+                "t1": {
+                    "title": "toy",
+                    "published_table": "Table 1",
+                    "rows": [{"label": "cam", "experiment": "toy_cam"}, {"label": "other", "method": "x"}],
+                    "columns": [
+                        {"label": "IoU", "metric": "iou", "dataset": "ksdd", "category": ["fold0", "fold1"]}
+                    ],
+                }
+            }
+        },
+    )
+    return tmp_path
+
+
+def test_deep_merge_keeps_inputs_and_merges_nested() -> None:
+    base = {"a": 1, "n": {"x": 1, "y": 2}}
+    merged = deep_merge(base, {"n": {"y": 3}, "b": 2})
+    assert merged == {"a": 1, "b": 2, "n": {"x": 1, "y": 3}}
+    assert base == {"a": 1, "n": {"x": 1, "y": 2}}
+
+
+def test_method_params_resolution_order(config_dir: Path) -> None:
+    paper = method_params("toy", "ksdd", "paper", None, config_dir)
+    assert paper == {"lr": 1.0, "epochs": 50, "net": {"width": 64, "depth": 4}}
+    demo = method_params("toy", "dagm", "demo", {"lr": 0.5}, config_dir)
+    assert demo == {"lr": 0.5, "epochs": 2, "net": {"width": 8, "depth": 4}}
+
+
+def test_planned_runs_follow_tables_config_and_upstream(config_dir: Path) -> None:
+    config = {"papers": ["toy"], "seeds": [0, 1], "datasets": {"ksdd": {"categories": ["fold0"]}}}
+    runs = planned_runs(config, config_dir)
+    assert runs == sorted(
+        Run("ksdd", "fold0", e, s) for e in ("toy_cam", "toy_cls") for s in (0, 1)
+    )  # fold1 is not configured; toy_cls is only needed as upstream
+    assert planned_runs({**config, "experiments": ["toy_cls"]}, config_dir) == []
+
+
+def test_duplicate_and_dangling_experiments_are_errors(config_dir: Path) -> None:
+    _write(
+        config_dir / "experiments" / "zz.yaml",
+        {"toy_cls": {"method": "toy", "protocol": "p", "datasets": []}},
+    )
+    with pytest.raises(ValueError, match="toy_cls.*defined in both"):
+        load_experiments(config_dir)
+    _write(
+        config_dir / "experiments" / "zz.yaml",
+        {"x": {"method": "toy", "protocol": "p", "datasets": [], "upstream": "nope"}},
+    )
+    with pytest.raises(ValueError, match="unknown upstream experiment 'nope'"):
+        load_experiments(config_dir)
+
+
+def test_shipped_configs_are_valid_and_plan_runs() -> None:
+    for name in ("config/config.yaml", "config/paper.yaml"):
+        config = yaml.safe_load(Path(name).read_text())
+        validate_config(config)
+        assert planned_runs(config), name
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda c: c["datasets"].update(imagenet={}), "datasets: 'imagenet'"),
+        (lambda c: c.update(seeds="zero"), "seeds: 'zero' is not of type 'array'"),
+        (lambda c: c.pop("scale"), "'scale' is a required property"),
+        (lambda c: c["datasets"]["dagm"].update(eval_size=[64]), "datasets.dagm.eval_size"),
+        (lambda c: c["datasets"]["mvtec_ad"].update(categories=["carpett"]), "datasets.mvtec_ad.categories"),
+    ],
+)
+def test_invalid_config_names_the_key(change, key: str) -> None:
+    config = yaml.safe_load(Path("config/config.yaml").read_text())
+    change(config)
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
+        validate_config(config)
