@@ -1,0 +1,91 @@
+"""Synthetic datasets in each real dataset's exact on-disk layout, for the built-in demo and for tests.
+
+`synthesize(dataset, dest)` writes into `dest` what extracting the real archive into `dest` would give (so
+`dest` plays the role of `resources/datasets/<dataset>/`) and returns the dataset root inside it (the registry's
+`root`), which is what `defectbench.data.indexers.index_dataset` reads.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from defectbench.data.registry import dataset_entry
+from defectbench.data.synthetic.writers import (
+    write_btad,
+    write_dagm,
+    write_ksdd,
+    write_ksdd2,
+    write_mvtec_ad,
+    write_rdd2020,
+    write_rdd2022,
+    write_severstal,
+    write_visa,
+)
+from defectbench.io import write_json
+
+GENERATORS: dict[str, Callable[..., None]] = {
+    "mvtec_ad": write_mvtec_ad,
+    "visa": write_visa,
+    "btad": write_btad,
+    "ksdd": write_ksdd,
+    "ksdd2": write_ksdd2,
+    "dagm": write_dagm,
+    "severstal": write_severstal,
+    "rdd2020": write_rdd2020,
+    "rdd2022": write_rdd2022,
+}
+MARKER_NAME = ".synthetic.json"  # written into dest; marks a folder synthesize may replace
+
+
+def generator_options(dataset: str) -> dict[str, Any]:
+    """The size options of one dataset's generator with their (demo) defaults."""
+    parameters = inspect.signature(_generator(dataset)).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def synthesize(dataset: str, dest: str | Path, seed: int = 0, **sizes: Any) -> Path:
+    """Write a synthetic `dataset` into `dest` (replacing an earlier synthetic one); return its dataset root.
+
+    `sizes` are the generator's options (see `generator_options`), e.g. `categories`, `image_size`, counts.
+    The folder is built beside `dest` and renamed into place, so `dest` is never half-written.
+    """
+    writer = _generator(dataset)
+    unknown = sorted(set(sizes) - set(generator_options(dataset)))
+    if unknown:
+        raise ValueError(
+            f"unknown options {unknown} for {dataset}; valid: {sorted(generator_options(dataset))}"
+        )
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()) and not (dest / MARKER_NAME).exists():
+        raise ValueError(
+            f"{dest} holds data that synthesize did not write; refusing to replace it: choose an empty folder"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    build.chmod(0o755)
+    root_name = dataset_entry(dataset)["root"]
+    try:
+        writer(build / root_name, seed, **sizes)
+        write_json(
+            build / MARKER_NAME,
+            {"dataset": dataset, "seed": seed, "options": {**generator_options(dataset), **sizes}},
+        )
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(build, dest)
+    finally:
+        if build.exists():
+            shutil.rmtree(build)
+    return dest / root_name
+
+
+def _generator(dataset: str) -> Callable[..., None]:
+    if dataset not in GENERATORS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(GENERATORS)}")
+    return GENERATORS[dataset]

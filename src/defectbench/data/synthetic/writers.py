@@ -1,0 +1,464 @@
+"""One writer per dataset: a small procedural dataset in that dataset's exact folder layout and file formats.
+
+Each writer takes the dataset root (the folder the indexer reads) and a seed, plus keyword sizes whose defaults
+are the demo sizes. Every image owns a generator seeded from (seed, its path), so a file's content does not
+depend on how many other files or categories are generated.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from defectbench.data.images import encode_rle
+from defectbench.data.registry import dataset_entry
+from defectbench.data.synthetic.formats import (
+    image_rng,
+    image_shape,
+    save_image,
+    save_mask,
+    write_rows,
+    write_voc_xml,
+)
+from defectbench.data.synthetic.procedural import (
+    ObjectSpec,
+    add_defect,
+    faded_stripes,
+    mask_box,
+    object_scene,
+    road_scene,
+    texture,
+    vary_lighting,
+)
+
+Scene = str | ObjectSpec  # a texture kind or an object
+
+# --- MVTec AD -------------------------------------------------------------------------------------------------
+MVTEC_DEFECTS = {
+    "bottle": ["broken_large", "broken_small", "contamination"],
+    "cable": ["bent_wire", "cable_swap", "combined", "cut_inner_insulation", "cut_outer_insulation",
+              "missing_cable", "missing_wire", "poke_insulation"],
+    "capsule": ["crack", "faulty_imprint", "poke", "scratch", "squeeze"],
+    "carpet": ["color", "cut", "hole", "metal_contamination", "thread"],
+    "grid": ["bent", "broken", "glue", "metal_contamination", "thread"],
+    "hazelnut": ["crack", "cut", "hole", "print"],
+    "leather": ["color", "cut", "fold", "glue", "poke"],
+    "metal_nut": ["bent", "color", "flip", "scratch"],
+    "pill": ["color", "combined", "contamination", "crack", "faulty_imprint", "pill_type", "scratch"],
+    "screw": ["manipulated_front", "scratch_head", "scratch_neck", "thread_side", "thread_top"],
+    "tile": ["crack", "glue_strip", "gray_stroke", "oil", "rough"],
+    "toothbrush": ["defective"],
+    "transistor": ["bent_lead", "cut_lead", "damaged_case", "misplaced"],
+    "wood": ["color", "combined", "hole", "liquid", "scratch"],
+    "zipper": ["broken_teeth", "combined", "fabric_border", "fabric_interior", "rough", "split_teeth",
+               "squeezed_teeth"],
+}  # fmt: skip
+MVTEC_SCENES: dict[str, Scene] = {
+    "carpet": "weave",
+    "grid": "grid",
+    "leather": "noise",
+    "tile": "bars",
+    "wood": "wood",
+    "bottle": ObjectSpec("circle", (0.35, 0.25, 0.15), (0.05, 0.05, 0.05), 0.75),
+    "cable": ObjectSpec("circle", (0.55, 0.55, 0.25), (0.85, 0.85, 0.85), 0.8),
+    "capsule": ObjectSpec("capsule", (0.80, 0.25, 0.15), (0.90, 0.90, 0.90), 0.7),
+    "hazelnut": ObjectSpec("ellipse", (0.55, 0.35, 0.20), (0.05, 0.05, 0.05), 0.7),
+    "metal_nut": ObjectSpec("hexagon", (0.60, 0.60, 0.62), (0.10, 0.10, 0.10), 0.7),
+    "pill": ObjectSpec("ellipse", (0.90, 0.88, 0.85), (0.20, 0.20, 0.20), 0.75),
+    "screw": ObjectSpec("capsule", (0.70, 0.70, 0.70), (0.95, 0.95, 0.95), 0.6),
+    "toothbrush": ObjectSpec("rect", (0.20, 0.40, 0.80), (0.10, 0.10, 0.10), 0.6),
+    "transistor": ObjectSpec("rect", (0.15, 0.15, 0.15), (0.70, 0.75, 0.70), 0.55),
+    "zipper": ObjectSpec("rect", (0.40, 0.40, 0.40), (0.80, 0.80, 0.80), 0.7),
+}
+MVTEC_GREY = {"grid", "screw", "zipper"}  # stored as single-channel PNG in the real dataset
+
+# --- VisA -------------------------------------------------------------------------------------------------------
+VISA_SCENES = {
+    "candle": ObjectSpec("circle", (0.92, 0.90, 0.85), (0.15, 0.12, 0.10), 0.6),
+    "capsules": ObjectSpec("capsule", (0.85, 0.45, 0.20), (0.20, 0.25, 0.30), 0.6),
+    "cashew": ObjectSpec("ellipse", (0.80, 0.65, 0.40), (0.25, 0.25, 0.25), 0.65),
+    "chewinggum": ObjectSpec("rect", (0.90, 0.85, 0.80), (0.30, 0.20, 0.20), 0.6),
+    "fryum": ObjectSpec("circle", (0.85, 0.70, 0.35), (0.35, 0.45, 0.25), 0.65),
+    "macaroni1": ObjectSpec("capsule", (0.90, 0.80, 0.50), (0.35, 0.30, 0.25), 0.55),
+    "macaroni2": ObjectSpec("capsule", (0.85, 0.75, 0.45), (0.20, 0.40, 0.25), 0.55),
+    "pcb1": ObjectSpec("rect", (0.10, 0.45, 0.20), (0.08, 0.08, 0.08), 0.75),
+    "pcb2": ObjectSpec("rect", (0.10, 0.40, 0.25), (0.10, 0.10, 0.10), 0.75),
+    "pcb3": ObjectSpec("rect", (0.15, 0.45, 0.20), (0.12, 0.12, 0.12), 0.75),
+    "pcb4": ObjectSpec("rect", (0.15, 0.20, 0.45), (0.10, 0.10, 0.10), 0.75),
+    "pipe_fryum": ObjectSpec("capsule", (0.85, 0.65, 0.30), (0.30, 0.35, 0.40), 0.65),
+}
+VISA_DEFECTS = ("scratch", "spot", "crack", "hole")  # mask class id = index + 1
+
+# --- BTAD, DAGM, road datasets ----------------------------------------------------------------------------------
+BTAD_SCENES: dict[str, tuple[Scene, str, str]] = {  # scene, image suffix, mask suffix
+    "01": ("weave", ".bmp", ".png"),
+    "02": (ObjectSpec("rect", (0.55, 0.50, 0.45), (0.15, 0.15, 0.15), 0.8), ".png", ".png"),
+    "03": ("noise", ".bmp", ".bmp"),
+}
+DAGM_TEXTURES = ("noise", "weave", "wood", "grid", "streaks", "bars")
+RDD_CLASSES = {"D00": "long_crack", "D10": "trans_crack", "D20": "mesh", "D40": "pothole"}
+RDD_IGNORED_CLASS = "D43"  # annotated in the real data, not used by the benchmark
+RDD2020_COUNTRIES = ("Czech", "India", "Japan")
+RDD2022_COUNTRIES = ("Japan", "India", "Czech", "Norway", "United_States", "China_MotorBike", "China_Drone")
+SEVERSTAL_KINDS = {1: "spot", 2: "long_crack", 3: "scratch", 4: "pothole"}
+
+
+def write_mvtec_ad(
+    root: Path,
+    seed: int,
+    *,
+    categories: Sequence[str] = ("carpet", "bottle"),
+    image_size: int | Sequence[int] = 128,
+    n_train: int = 16,
+    n_test_good: int = 6,
+    n_test_per_defect: int = 4,
+    n_defect_types: int = 2,
+) -> None:
+    """`<cat>/train/good`, `<cat>/test/<defect|good>`, `<cat>/ground_truth/<defect>/<id>_mask.png`."""
+    shape = image_shape(image_size)
+    for category in _check_categories("mvtec_ad", categories):
+        grey = category in MVTEC_GREY
+        defects = MVTEC_DEFECTS[category][: max(1, n_defect_types)]
+        for folder, count in (("train/good", n_train), ("test/good", n_test_good)):
+            for index in range(count):
+                rel = f"{category}/{folder}/{index:03d}.png"
+                image, _ = _scene_image(image_rng(seed, "mvtec_ad", rel), MVTEC_SCENES[category], shape)
+                save_image(root / rel, image, grey)
+        for defect_index, defect in enumerate(defects):
+            kind = _defect_kind(defect, defect_index)
+            for index in range(n_test_per_defect):
+                rel = f"{category}/test/{defect}/{index:03d}.png"
+                rng = image_rng(seed, "mvtec_ad", rel)
+                image, mask = _defective(rng, MVTEC_SCENES[category], shape, [kind])
+                save_image(root / rel, image, grey)
+                save_mask(root / f"{category}/ground_truth/{defect}/{index:03d}_mask.png", mask > 0)
+
+
+def write_visa(
+    root: Path,
+    seed: int,
+    *,
+    categories: Sequence[str] = ("candle", "pcb1"),
+    image_size: int | Sequence[int] = (96, 128),
+    n_normal: int = 20,
+    n_test_normal: int = 6,
+    n_anomaly: int = 8,
+) -> None:
+    """`<obj>/Data/Images/{Normal,Anomaly}/*.JPG`, class-id masks, `image_anno.csv`, `split_csv/*.csv`."""
+    shape = image_shape(image_size)
+    if not 0 < n_test_normal < n_normal:
+        raise ValueError(f"n_test_normal must be in 1..{n_normal - 1}, got {n_test_normal}")
+    one_class, high_shot = [], []
+    for category in _check_categories("visa", categories):
+        annotations = []
+        normals, anomalies = [], []
+        for index in range(n_normal):
+            rel = f"{category}/Data/Images/Normal/{index:04d}.JPG"
+            image, _ = _scene_image(image_rng(seed, "visa", rel), VISA_SCENES[category], shape)
+            save_image(root / rel, image)
+            normals.append([category, "", "normal", rel, ""])
+            annotations.append([rel, "normal", ""])
+        for index in range(n_anomaly):
+            rel = f"{category}/Data/Images/Anomaly/{index:03d}.JPG"
+            mask_rel = f"{category}/Data/Masks/Anomaly/{index:03d}.png"
+            rng = image_rng(seed, "visa", rel)
+            picks = rng.choice(len(VISA_DEFECTS), size=rng.integers(1, 3), replace=False)
+            image, class_map = _defective(rng, VISA_SCENES[category], shape, [VISA_DEFECTS[p] for p in picks])
+            save_image(root / rel, image)
+            save_mask(root / mask_rel, class_map)
+            anomalies.append([category, "", "anomaly", rel, mask_rel])
+            annotations.append([rel, ",".join(VISA_DEFECTS[p] for p in sorted(picks)), mask_rel])
+        write_rows(root / category / "image_anno.csv", ["image", "label", "mask"], annotations)
+        split_rng = image_rng(seed, "visa", f"{category}/split")
+        normals = [normals[i] for i in split_rng.permutation(n_normal)]
+        anomalies_shuffled = [anomalies[i] for i in split_rng.permutation(n_anomaly)]
+        # 1cls: normals train/test, every anomaly in test; 2cls high-shot: 60/40 of both (official files).
+        one_class += _with_split(normals[n_test_normal:], "train") + _with_split(
+            normals[:n_test_normal], "test"
+        )
+        one_class += _with_split(anomalies, "test")
+        cut_normal, cut_anomaly = round(0.6 * n_normal), round(0.6 * n_anomaly)
+        high_shot += _with_split(normals[:cut_normal], "train") + _with_split(
+            anomalies_shuffled[:cut_anomaly], "train"
+        )
+        high_shot += _with_split(normals[cut_normal:], "test") + _with_split(
+            anomalies_shuffled[cut_anomaly:], "test"
+        )
+    header = ["object", "split", "label", "image", "mask"]
+    write_rows(root / "split_csv" / "1cls.csv", header, one_class, crlf=True)
+    write_rows(root / "split_csv" / "2cls_highshot.csv", header, high_shot, crlf=True)
+
+
+def write_btad(
+    root: Path,
+    seed: int,
+    *,
+    categories: Sequence[str] = ("01", "02", "03"),
+    image_size: int | Sequence[int] = 128,
+    n_train: int = 16,
+    n_test_ok: int = 5,
+    n_test_ko: int = 6,
+) -> None:
+    """`{01,02,03}/{train/ok, test/{ok,ko}, ground_truth/ko}`; bmp images in 01/03, bmp masks in 03."""
+    shape = image_shape(image_size)
+    for category in _check_categories("btad", categories):
+        scene, image_suffix, mask_suffix = BTAD_SCENES[category]
+        for folder, count in (("train/ok", n_train), ("test/ok", n_test_ok)):
+            for index in range(count):
+                rel = f"{category}/{folder}/{index:04d}{image_suffix}"
+                image, _ = _scene_image(image_rng(seed, "btad", rel), scene, shape)
+                save_image(root / rel, image)
+        for index in range(n_test_ko):
+            rel = f"{category}/test/ko/{index:04d}{image_suffix}"
+            rng = image_rng(seed, "btad", rel)
+            image, mask = _defective(rng, scene, shape, [("spot", "scratch", "crack")[index % 3]])
+            save_image(root / rel, image)
+            save_mask(root / f"{category}/ground_truth/ko/{index:04d}{mask_suffix}", mask > 0)
+
+
+def write_ksdd(
+    root: Path,
+    seed: int,
+    *,
+    n_items: int = 12,
+    n_parts: int = 8,
+    positives_per_item: int = 2,
+    image_size: int | Sequence[int] = (160, 64),
+) -> None:
+    """`kosXX/PartN.jpg` (grey) with `PartN_label.bmp` (0/255) for every part, empty for defect-free parts."""
+    shape = image_shape(image_size)
+    if not 0 <= positives_per_item <= n_parts or not 1 <= n_items <= 99:
+        raise ValueError("need 0 <= positives_per_item <= n_parts and 1 <= n_items <= 99")
+    for item in range(1, n_items + 1):
+        positives = set(image_rng(seed, "ksdd", f"kos{item:02d}").choice(n_parts, positives_per_item, False))
+        for part in range(n_parts):
+            rel = f"kos{item:02d}/Part{part}"
+            rng = image_rng(seed, "ksdd", rel)
+            if part in positives:
+                image, mask = _defective(rng, "bars", shape, ["crack"])
+            else:
+                (image, _), mask = _scene_image(rng, "bars", shape), np.zeros(shape, np.uint8)
+            save_image(root / f"{rel}.jpg", image, grey=True)
+            save_mask(root / f"{rel}_label.bmp", mask > 0)
+
+
+def write_ksdd2(
+    root: Path,
+    seed: int,
+    *,
+    n_train_pos: int = 20,
+    n_train_neg: int = 40,
+    n_test_pos: int = 10,
+    n_test_neg: int = 20,
+    image_size: int | Sequence[int] = (176, 64),
+) -> None:
+    """`train/`, `test/` with `<id>.png` + `<id>_GT.png`, and the stray `train/10301 (copy)` pair."""
+    shape = image_shape(image_size)
+    for split, first_id, n_pos, n_neg in (
+        ("train", 10000, n_train_pos, n_train_neg),
+        ("test", 20000, n_test_pos, n_test_neg),
+    ):
+        labels = image_rng(seed, "ksdd2", split).permutation(np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)])
+        for offset, label in enumerate(labels):
+            rel = f"{split}/{first_id + offset}"
+            rng = image_rng(seed, "ksdd2", rel)
+            if label:
+                image, mask = _defective(rng, "noise", shape, [("spot", "scratch")[offset % 2]])
+            else:
+                (image, _), mask = _scene_image(rng, "noise", shape), np.zeros(shape, np.uint8)
+            save_image(root / f"{rel}.png", image)
+            save_mask(root / f"{rel}_GT.png", mask > 0)
+    # The real archive holds a duplicate of train image 10301 under these names; indexers must drop it.
+    source = 10301 if (root / "train/10301.png").exists() else 10000
+    shutil.copyfile(root / f"train/{source}.png", root / "train/10301 (copy).png")
+    shutil.copyfile(root / f"train/{source}_GT.png", root / "train/10301_GT (copy).png")
+
+
+def write_dagm(
+    root: Path,
+    seed: int,
+    *,
+    categories: Sequence[str] = ("Class1", "Class2", "Class3"),
+    image_size: int | Sequence[int] = 96,
+    n_train: int = 30,
+    n_test: int = 30,
+    n_train_pos: int = 10,
+    n_test_pos: int = 10,
+) -> None:
+    """`Class{k}/{Train,Test}/NNNN.PNG` (grey); defective ones have `Label/NNNN_label.PNG` (filled ellipse).
+
+    Test images are numbered from 0001 and train images continue after them, as in the real data; each
+    `Label/Labels.txt` lists every image (index, defective, image, 0, label file or 0).
+    """
+    shape = image_shape(image_size)
+    if n_train_pos > n_train or n_test_pos > n_test:
+        raise ValueError("DAGM: more positives than images in a split")
+    for category in _check_categories("dagm", categories):
+        class_index = int(category.removeprefix("Class"))
+        scene = DAGM_TEXTURES[(class_index - 1) % len(DAGM_TEXTURES)]
+        period = max(4.0, min(shape) / (6 + 2 * ((class_index - 1) // len(DAGM_TEXTURES))))
+        for split, first_id, count, n_pos in (
+            ("Test", 1, n_test, n_test_pos),
+            ("Train", n_test + 1, n_train, n_train_pos),
+        ):
+            positives = set(
+                image_rng(seed, "dagm", f"{category}/{split}").choice(count, n_pos, replace=False)
+            )
+            listing = []
+            for offset in range(count):
+                name = f"{first_id + offset:04d}"
+                rng = image_rng(seed, "dagm", f"{category}/{split}/{name}")
+                image = vary_lighting(rng, texture(rng, scene, shape, period), strength=0.6)
+                label_name = "0"
+                if offset in positives:
+                    image, mask = add_defect(rng, image, "ellipse")
+                    label_name = f"{name}_label.PNG"
+                    save_mask(root / category / split / "Label" / label_name, mask)
+                save_image(root / category / split / f"{name}.PNG", image, grey=True)
+                listing.append(f"{offset + 1}\t{int(offset in positives)}\t{name}.PNG\t0\t{label_name}")
+            labels_txt = root / category / split / "Label" / "Labels.txt"
+            labels_txt.parent.mkdir(parents=True, exist_ok=True)
+            labels_txt.write_text("1\n" + "\n".join(listing) + "\n")
+
+
+def write_severstal(
+    root: Path,
+    seed: int,
+    *,
+    n_negative: int = 20,
+    n_class3: int = 24,
+    n_class1: int = 6,
+    n_class2: int = 4,
+    n_class4: int = 6,
+    n_multi: int = 4,
+    image_size: int | Sequence[int] = (64, 400),
+) -> None:
+    """`train_images/<hex>.jpg` and `train.csv` (ImageId, ClassId, EncodedPixels) for the defective images.
+
+    `n_multi` images carry class 3 plus class 1 or 4; negatives appear in no row, as in the real file.
+    """
+    shape = image_shape(image_size)
+    class_sets = (
+        [()] * n_negative + [(3,)] * n_class3 + [(1,)] * n_class1 + [(2,)] * n_class2 + [(4,)] * n_class4
+        + [(1, 3) if i % 2 == 0 else (3, 4) for i in range(n_multi)]
+    )  # fmt: skip
+    rng = image_rng(seed, "severstal", "ids")
+    names = sorted({f"{value:09x}.jpg" for value in rng.integers(0, 16**9, size=4 * len(class_sets))})
+    names = [names[i] for i in sorted(rng.choice(len(names), len(class_sets), replace=False))]
+    order = rng.permutation(len(class_sets))
+    rows = []
+    for name, set_index in zip(names, order, strict=True):
+        rng = image_rng(seed, "severstal", name)
+        image = vary_lighting(rng, texture(rng, "streaks", shape), strength=0.6)
+        for class_id in class_sets[set_index]:
+            image, mask = add_defect(rng, image, SEVERSTAL_KINDS[class_id])
+            rows.append([name, class_id, encode_rle(mask)])
+        save_image(root / "train_images" / name, image)
+    write_rows(root / "train.csv", ["ImageId", "ClassId", "EncodedPixels"], sorted(rows, key=lambda r: r[:2]))
+
+
+def write_rdd2020(
+    root: Path,
+    seed: int,
+    *,
+    countries: Sequence[str] = RDD2020_COUNTRIES,
+    n_per_country: int = 12,
+    image_size: int | Sequence[int] = 128,
+) -> None:
+    """`train/<Country>/{images, annotations/xmls}` with one Pascal VOC XML per image."""
+    for country in _check_names("rdd2020 country", countries, RDD2020_COUNTRIES):
+        _write_road_images(
+            root / "train" / country, "rdd2020", seed, country, n_per_country, image_shape(image_size)
+        )
+
+
+def write_rdd2022(
+    root: Path,
+    seed: int,
+    *,
+    countries: Sequence[str] = RDD2022_COUNTRIES,
+    n_per_country: int = 8,
+    n_test_per_country: int = 2,
+    image_size: int | Sequence[int] = 128,
+) -> None:
+    """`<Country>/train/{images, annotations/xmls}` and unlabelled `<Country>/test/images`."""
+    shape = image_shape(image_size)
+    for country in _check_names("rdd2022 country", countries, RDD2022_COUNTRIES):
+        _write_road_images(root / country / "train", "rdd2022", seed, country, n_per_country, shape)
+        for index in range(n_test_per_country):
+            name = f"{country}_{n_per_country + index:06d}.jpg"
+            save_image(
+                root / country / "test" / "images" / name, road_scene(image_rng(seed, "rdd2022", name), shape)
+            )
+
+
+def _write_road_images(
+    folder: Path, dataset: str, seed: int, country: str, count: int, shape: tuple[int, int]
+) -> None:
+    """Road scenes, about 1 in 5 without damage; 1–3 damages each, sometimes an ignored class too."""
+    for index in range(count):
+        stem = f"{country}_{index:06d}"
+        rng = image_rng(seed, dataset, stem)
+        image = vary_lighting(rng, road_scene(rng, shape), strength=0.6)
+        objects = []
+        if rng.random() < 0.3:
+            image, mask = faded_stripes(rng, image)
+            objects.append((RDD_IGNORED_CLASS, mask_box(mask)))
+        n_damages = 0 if index % 5 == 4 else int(rng.integers(1, 4))
+        for name in rng.choice(list(RDD_CLASSES), size=n_damages):
+            image, mask = add_defect(rng, image, RDD_CLASSES[name])
+            objects.append((str(name), mask_box(mask)))
+        save_image(folder / "images" / f"{stem}.jpg", image)
+        write_voc_xml(folder / "annotations" / "xmls" / f"{stem}.xml", f"{stem}.jpg", shape, objects)
+
+
+def _scene_image(
+    rng: np.random.Generator, scene: Scene, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A defect-free image of a texture kind or an object, with varied lighting; the object mask if any."""
+    if isinstance(scene, ObjectSpec):
+        image, region = object_scene(rng, scene, shape)
+    else:
+        image, region = texture(rng, scene, shape), None
+    return vary_lighting(rng, image), region
+
+
+def _defective(
+    rng: np.random.Generator, scene: Scene, shape: tuple[int, int], kinds: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A scene with one defect per kind; returns (image, uint8 map of 1-based kind ids, later ones on top)."""
+    image, region = _scene_image(rng, scene, shape)
+    class_map = np.zeros(shape, np.uint8)
+    for kind in kinds:
+        image, mask = add_defect(rng, image, kind, region)
+        class_map[mask] = (VISA_DEFECTS.index(kind) + 1) if kind in VISA_DEFECTS else 1
+    return image, class_map
+
+
+def _defect_kind(defect_type: str, index: int) -> str:
+    """A procedural defect for a named defect type: by its name where it says, else by its position."""
+    for word, kind in (("scratch", "scratch"), ("crack", "crack"), ("hole", "hole"), ("poke", "hole"),
+                       ("cut", "scratch"), ("color", "spot"), ("contamination", "spot"), ("glue", "spot"),
+                       ("oil", "spot"), ("print", "spot"), ("broken", "hole"), ("thread", "crack")):  # fmt: skip
+        if word in defect_type:
+            return kind
+    return ("spot", "scratch", "crack", "hole")[index % 4]
+
+
+def _with_split(rows: list[list[str]], split: str) -> list[list[str]]:
+    return [[row[0], split, *row[2:]] for row in rows]
+
+
+def _check_categories(dataset: str, categories: Sequence[str]) -> list[str]:
+    return _check_names(f"{dataset} category", categories, dataset_entry(dataset)["categories"])
+
+
+def _check_names(what: str, names: Sequence[str], valid: Sequence[str]) -> list[str]:
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in valid]
+    if unknown or not names:
+        raise ValueError(f"unknown or no {what} {unknown}; valid: {list(valid)}")
+    return names
