@@ -24,6 +24,7 @@ rule all:
     input:
         paths.METRICS_TABLE,
         paths.RUN_INFO,
+        DATA_FILES,
         TABLE_FILES,
         FIGURE_FILES,
     default_target: True

@@ -28,6 +28,27 @@ def dataset_root(dataset: str) -> Path:
     return registry_root(dataset, paths.DATASET_DIR.format(dataset=dataset))
 
 
+DEFAULT_METRICS = ["i_auroc", "i_ap", "p_auroc", "p_ap", "pro"]
+MASK_METRICS = {"p_auroc", "p_ap", "pro", "iou", "miou", "precision", "recall"}
+
+
+def threshold_rule(spec: str | float) -> str | float:
+    """An experiment's `threshold:` (`otsu`, `best_f1`, `fixed:<v>` or a number) as defectbench.metrics takes it."""
+    if isinstance(spec, int | float):
+        return float(spec)
+    if spec.startswith("fixed:"):
+        return float(spec.removeprefix("fixed:"))
+    if spec in ("otsu", "best_f1"):
+        return spec
+    raise ValueError(f"unknown threshold {spec!r}: use otsu, best_f1 or fixed:<value>")
+
+
+def scaled_boxes(sample: Sample, size: tuple[int, int]) -> list[tuple[float, float, float, float, str]]:
+    """A sample's ground-truth boxes in the pixel coordinates of a map of `size` = (H, W)."""
+    sy, sx = size[0] / sample.height, size[1] / sample.width
+    return [(x1 * sx, y1 * sy, x2 * sx, y2 * sy, cls) for x1, y1, x2, y2, cls in sample.boxes]
+
+
 def run_file(template: str, run: Run) -> Path:
     return Path(template.format(**run.__dict__))
 
@@ -162,17 +183,24 @@ def evaluate(run: Run, config: Mapping[str, Any]) -> Path:
         raise DataError(
             f"{run_file(paths.PREDICTIONS, run)} does not match the split's images; re-run predict"
         )
+    experiment = context.experiment
+    metrics = experiment.get("metrics", DEFAULT_METRICS)
+    f1_level = experiment.get("f1_level", "image")
     size = predictions.maps.shape[1:]
-    masks = np.stack([sample.read_mask(size) for sample in samples])
+    needs_masks = bool(set(metrics) & MASK_METRICS) or ("f1" in metrics and f1_level == "pixel")
+    masks = np.stack([sample.read_mask(size) for sample in samples]) if needs_masks else None
+    boxes = [scaled_boxes(sample, size) for sample in samples] if "box_ap" in metrics else None
     labels = np.array([sample.label for sample in samples])
     started = time.perf_counter()
     values = compute_metrics(
-        scores=predictions.score,
-        labels=labels,
-        maps=predictions.maps,
-        masks=masks,
-        metrics=context.experiment.get("metrics", ["i_auroc", "i_ap", "p_auroc", "p_ap", "pro"]),
-        threshold=context.experiment.get("threshold", "best_f1"),
+        predictions.score,
+        labels,
+        predictions.maps,
+        masks,
+        metrics,
+        boxes=boxes,
+        threshold=threshold_rule(experiment.get("threshold", "otsu")),
+        f1_level=f1_level,
     )
     info = _read_json(run.directory / "predict_info.json")
     result = {

@@ -2,6 +2,7 @@
 from defectbench import paths
 from defectbench.config import validate_config
 from defectbench.data.registry import DATASETS, dataset_entry
+from defectbench.data.splits import protocols_for
 from defectbench.experiments import Run, load_experiments, planned_runs
 from defectbench.tables import table_names, figure_names
 
@@ -10,6 +11,11 @@ validate_config(config)
 EXPERIMENTS = load_experiments()
 RUNS = planned_runs(config)
 PAPERS = config["papers"]
+DATA_FILES = [paths.MANIFEST.format(dataset=dataset) for dataset in config["datasets"]] + [
+    paths.SPLIT.format(dataset=dataset, protocol=protocol)
+    for dataset in config["datasets"]
+    for protocol in protocols_for(dataset)
+]
 TABLE_FILES = [
     paths.TABLE.format(paper=paper, table=table, ext=ext)
     for paper in PAPERS
