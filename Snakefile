@@ -21,10 +21,10 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
+    default_target: True
     input:
         paths.METRICS_TABLE,
         paths.RUN_INFO,
         DATA_FILES,
-        TABLE_FILES,
-        FIGURE_FILES,
-    default_target: True
+        TABLE_DIRS,
+        FIGURE_DIRS,

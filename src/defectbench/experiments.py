@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 
 from defectbench import paths
-from defectbench.tables.spec import required_cells
 
 CONFIG_DIR = Path("config")
 
@@ -113,6 +112,8 @@ def _selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool
 def planned_runs(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> list[Run]:
     """The runs the configured papers' tables and figures need, restricted to the configured datasets,
     categories, experiments and seeds, plus the upstream runs they depend on."""
+    from defectbench.tables.spec import required_cells
+
     experiments = load_experiments(config_dir)
     include = config.get("experiments", ["*"])
     exclude = config.get("exclude_experiments", [])

@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from defectbench import paths
-from defectbench.experiments import Run
 
 RuleFunction = Callable[[Any], None]
 _RULES: dict[str, RuleFunction] = {}
@@ -42,7 +41,9 @@ def run_rule(smk: Any) -> None:
             raise
 
 
-def _run(smk: Any) -> Run:
+def _run(smk: Any) -> Any:
+    from defectbench.experiments import Run
+
     w = smk.wildcards
     return Run(w.dataset, w.category, w.experiment, int(w.seed))
 
@@ -148,7 +149,7 @@ def _selected_units(config: dict[str, Any]) -> dict[str, list[str]]:
 
 
 @rule
-def table(smk: Any) -> None:
+def tables(smk: Any) -> None:
     from defectbench.tables import render_paper
 
     render_paper(
@@ -156,15 +157,14 @@ def table(smk: Any) -> None:
         smk.input.spec,
         smk.input.published,
         smk.input.metrics,
-        Path(paths.TABLE).parent.parent,
+        paths.TABLES_ROOT,
         synthetic=is_synthetic(smk.config),
         selected=_selected_units(smk.config),
-        only=[smk.wildcards.table],
     )
 
 
 @rule
-def figure(smk: Any) -> None:
+def figures(smk: Any) -> None:
     from defectbench.tables import render_figures
 
     render_figures(
@@ -172,10 +172,9 @@ def figure(smk: Any) -> None:
         smk.input.spec,
         smk.input.published,
         smk.input.metrics,
-        Path(paths.FIGURE).parent.parent,
+        paths.FIGURES_ROOT,
         synthetic=is_synthetic(smk.config),
         selected=_selected_units(smk.config),
-        only=[smk.wildcards.figure],
     )
 
 

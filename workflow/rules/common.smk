@@ -4,29 +4,34 @@ from defectbench.config import validate_config
 from defectbench.data.registry import DATASETS, dataset_entry
 from defectbench.data.splits import protocols_for
 from defectbench.experiments import Run, load_experiments, planned_runs
-from defectbench.tables import table_names, figure_names
+from defectbench.tables import figure_names
 
 validate_config(config)
 
 EXPERIMENTS = load_experiments()
 RUNS = planned_runs(config)
 PAPERS = config["papers"]
-DATA_FILES = [paths.MANIFEST.format(dataset=dataset) for dataset in config["datasets"]] + [
-    paths.SPLIT.format(dataset=dataset, protocol=protocol)
-    for dataset in config["datasets"]
-    for protocol in protocols_for(dataset)
-]
-TABLE_FILES = [
-    paths.TABLE.format(paper=paper, table=table, ext=ext)
-    for paper in PAPERS
-    for table in table_names(f"config/tables/{paper}.yaml")
-    for ext in ("csv", "md", "html")
-]
-FIGURE_FILES = [
-    paths.FIGURE.format(paper=paper, figure=figure)
-    for paper in PAPERS
-    for figure in figure_names(f"config/tables/{paper}.yaml")
-]
+PAPERS_WITH_FIGURES = [p for p in PAPERS if figure_names(f"config/tables/{p}.yaml")]
+# Every configured dataset is indexed and split by its protocols without an N grid, plus whatever the runs need.
+SPLIT_FILES = sorted(
+    {
+        paths.SPLIT.format(dataset=dataset, protocol=protocol)
+        for dataset in config["datasets"]
+        for protocol in protocols_for(dataset)
+        if not protocol.startswith("segdec_")
+    }
+    | {
+        paths.SPLIT.format(
+            dataset=run.dataset, protocol=EXPERIMENTS[run.experiment]["protocol"]
+        )
+        for run in RUNS
+    }
+)
+DATA_FILES = [
+    paths.MANIFEST.format(dataset=d) for d in config["datasets"]
+] + SPLIT_FILES
+TABLE_DIRS = [paths.TABLES_DIR.format(paper=paper) for paper in PAPERS]
+FIGURE_DIRS = [paths.FIGURES_DIR.format(paper=paper) for paper in PAPERS_WITH_FIGURES]
 
 
 wildcard_constraints:
@@ -36,12 +41,12 @@ wildcard_constraints:
     experiment=r"[^/]+",
     protocol=r"[^/]+",
     paper=r"[^/]+",
-    table=r"[^/.]+",
-    figure=r"[^/.]+",
 
 
 def run_of(wildcards):
-    return Run(wildcards.dataset, wildcards.category, wildcards.experiment, int(wildcards.seed))
+    return Run(
+        wildcards.dataset, wildcards.category, wildcards.experiment, int(wildcards.seed)
+    )
 
 
 def upstream_models(wildcards):
@@ -50,3 +55,26 @@ def upstream_models(wildcards):
     if not upstream:
         return []
     return [paths.MODEL.format(**{**wildcards, "experiment": upstream})]
+
+
+def dataset_archives(wildcards):
+    """The verified archives a real dataset is extracted from; none for a synthetic one."""
+    if config["datasets"][wildcards.dataset]["source"] == "synthetic":
+        return []
+    return [
+        paths.ARCHIVE.format(dataset=wildcards.dataset, filename=archive["filename"])
+        for archive in dataset_entry(wildcards.dataset)["archives"]
+    ]
+
+
+def run_inputs(wildcards):
+    experiment = EXPERIMENTS[wildcards.experiment]
+    return {
+        "dataset": paths.DATASET_READY.format(dataset=wildcards.dataset),
+        "manifest": paths.MANIFEST.format(dataset=wildcards.dataset),
+        "split": paths.SPLIT.format(
+            dataset=wildcards.dataset, protocol=experiment["protocol"]
+        ),
+        "method_config": f"config/methods/{experiment['method']}.yaml",
+        "upstream": upstream_models(wildcards),
+    }

@@ -10,7 +10,11 @@ rule evaluate:
     output:
         paths.METRICS,
     log:
-        paths.LOGS.format(rule="evaluate", name="{dataset}/{category}/{experiment}/seed{seed}"),
+        paths.LOGS.format(
+            rule="evaluate", name="{dataset}/{category}/{experiment}/seed{seed}"
+        ),
+    conda:
+        "../../envs/defectbench.yaml"
     script:
         "../scripts/rule.py"
 
@@ -22,5 +26,7 @@ rule collect:
         paths.METRICS_TABLE,
     log:
         paths.LOGS.format(rule="collect", name="metrics"),
+    conda:
+        "../../envs/defectbench.yaml"
     script:
         "../scripts/rule.py"

@@ -8,5 +8,7 @@ rule split:
         paths.SPLIT,
     log:
         paths.LOGS.format(rule="split", name="{dataset}/{protocol}"),
+    conda:
+        "../../envs/defectbench.yaml"
     script:
         "../scripts/rule.py"
