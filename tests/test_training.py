@@ -29,7 +29,7 @@ def _train(
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        return {"loss": float(loss)}
+        return {"loss": float(loss.detach())}
 
     log = EpochLoop(epochs, checkpoint, every=2).run(
         {"model": model, "optimiser": optimiser, "data_rng": data_rng}, epoch_fn

@@ -134,6 +134,7 @@ def train(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
     with atomic_path(run_file(paths.MODEL, run)) as tmp:
         torch.save(payload, tmp)
     write_csv(run_file(paths.TRAIN_LOG, run), pd.DataFrame(log or [{"epoch": 0}]))
+    write_json(run.directory / "train_info.json", {"seconds": payload["train_seconds"], "device": str(device)})
     run_file(paths.CHECKPOINT, run).unlink(missing_ok=True)
     return run_file(paths.MODEL, run)
 
@@ -203,6 +204,7 @@ def evaluate(run: Run, config: Mapping[str, Any]) -> Path:
         f1_level=f1_level,
     )
     info = _read_json(run.directory / "predict_info.json")
+    train_info = _read_json(run.directory / "train_info.json")
     result = {
         "dataset": run.dataset,
         "category": run.category,
@@ -212,8 +214,11 @@ def evaluate(run: Run, config: Mapping[str, Any]) -> Path:
         "metrics": {k: float(v) for k, v in values.items()},
         "n_images": len(samples),
         "n_defective": int(labels.sum()),
-        "eval_seconds": time.perf_counter() - started,
-        "predict_seconds": info.get("seconds"),
+        "wall_time_s": {
+            "train": train_info.get("seconds"),
+            "predict": info.get("seconds"),
+            "evaluate": time.perf_counter() - started,
+        },
         "device": info.get("device", "unknown"),
         "synthetic": config["datasets"][run.dataset]["source"] == "synthetic",
         "scale": config["scale"],
