@@ -174,9 +174,26 @@ def test_detection_metrics_match_sklearn_best_f1(seed: int) -> None:
     assert result["f1"] == pytest.approx(f_measures[best], abs=1e-12)
     assert result["ca"] == pytest.approx(np.mean(decisions == (labels == 1)), abs=1e-12)
     assert result["macc"] == pytest.approx((tpr + tnr) / 2, abs=1e-12)
+    assert result["fp"] == np.count_nonzero(decisions & (labels == 0))
+    assert result["fn"] == np.count_nonzero(~decisions & (labels == 1))
     assert result["ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
     assert result["auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert best_f1_threshold(labels, scores) == pytest.approx((thresholds[best], f_measures[best]))
+
+
+def test_fp_fn_are_image_counts_at_the_best_f1_threshold() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.6, 0.02, 0.6, 0.3, 0.1, 0.05])
+    # F1 of `score >= t` (2TP / (TP + FP + 3)): t=0.9 -> 2/4, t=0.6 -> 4/6 (best), t=0.3 -> 4/7, t=0.1 -> 4/8,
+    # t=0.05 -> 4/9, t=0.02 -> 6/10. At t = 0.6 the normal image scored 0.6 is a false positive (>=) and the
+    # defective image scored 0.02 the one false negative.
+    result = evaluate(scores, labels, metrics=["fp", "fn", "f1", "ca"])
+    assert result == pytest.approx({"fp": 1.0, "fn": 1.0, "f1": 4 / 6, "ca": 5 / 7})
+    assert detection_scores(labels, scores)["threshold"] == 0.6
+    perfect = evaluate(np.array([0.8, 0.9, 0.1, 0.2]), np.array([1, 1, 0, 0]), metrics=["fp", "fn"])
+    assert perfect == {"fp": 0.0, "fn": 0.0}
+    with pytest.warns(MetricWarning):
+        assert np.isnan(evaluate(scores, np.zeros(7, dtype=int), metrics=["fp"])["fp"])
 
 
 def test_box_ap_positives_inside_negatives_outside() -> None:

@@ -213,24 +213,40 @@ def test_best_per_column(inputs, tmp_path):
     assert "| 65.0 (pub. 80.0, −15.0) |" in md
 
 
-def test_not_run_cells(inputs, tmp_path):
+def test_not_run_and_partial_cells(inputs, tmp_path):
     paths = render(inputs, tmp_path)
     frame = pd.read_csv(paths["t1.csv"])
-    missing = cell(frame, "Missing", "I-AUROC")  # only bottle has a metrics.json
-    assert missing["status"] == "not run" and math.isnan(missing["measured"]) and not bool(missing["best"])
-    assert missing["published"] == pytest.approx(70.0)
+    never = cell(frame, "Missing", "P-AP")  # exp_missing has no p_ap in any unit
+    assert never["status"] == "not run" and math.isnan(never["measured"]) and not bool(never["best"])
+    assert pd.isna(never["n_units"]) and pd.isna(never["units_total"])
+    partial = cell(frame, "Missing", "I-AUROC")  # only bottle of (bottle, cable) has a metrics.json
+    assert partial["status"] == "partial" and partial["measured"] == pytest.approx(99.0)
+    assert partial["n_units"] == 1 and partial["units_total"] == 2
+    assert partial["published"] == pytest.approx(70.0) and math.isnan(partial["difference"])
+    assert not bool(partial["best"])  # 99.0 beats the complete 87.5 but is over one unit only
     row = next(line for line in paths["t1.md"].read_text().splitlines() if line.startswith("| Missing"))
-    assert row.split("|")[2].strip() == "*not run* (pub. 70.0)"
-    assert "99.0" not in row and "0.0 " not in row.replace("70.0", "")
+    assert row.split("|")[2].strip() == "*99.0 (1/2 units)* (pub. 70.0)"
+    assert row.split("|")[3].strip() == "*not run*"
+    assert '<td class="partial"' in paths["t1.html"].read_text()
 
 
 def test_selected_units_limit_what_counts_as_run(inputs, tmp_path):
     frame = pd.read_csv(render(inputs, tmp_path, selected={"mvtec_ad": ["bottle"]})["t1.csv"])
-    assert (frame[frame["row"] != "Other"]["status"] == "not run").all()
+    ours = cell(frame, "Ours", "I-AUROC")  # cable's metrics exist but cable is not configured: bottle only
+    assert ours["status"] == "partial" and ours["measured"] == pytest.approx(92.5)
+    assert (ours["n_units"], ours["units_total"]) == (1, 2)
+    measured = frame[frame["status"].isin(["measured", "partial"])]
+    assert (measured["status"] == "partial").all() and not frame["best"].any()
     t2 = pd.read_csv(tmp_path / "segdec" / "t2.csv")
     assert cell(t2, "Bottle", "Ours")["status"] == "measured"
     assert cell(t2, "Cable", "Ours")["status"] == "not run"
-    assert cell(t2, "Mean", "Ours")["status"] == "not run"
+    mean = cell(t2, "Mean", "Ours")  # average_of a measured and a not-run row
+    assert mean["status"] == "partial" and mean["measured"] == pytest.approx(92.5)
+    assert (mean["n_units"], mean["units_total"]) == (1, 2) and math.isnan(mean["difference"])
+    assert "| *Mean* | *92.50 (1/2 units)* (pub. 95.25) |" in (tmp_path / "segdec" / "t2.md").read_text()
+    assert render(inputs, tmp_path / "none", selected={"mvtec_ad": []})
+    empty = pd.read_csv(tmp_path / "none" / "segdec" / "t1.csv")
+    assert set(empty["status"]) == {"not run", "published only"}
 
 
 def test_published_only_rows(inputs, tmp_path):
@@ -374,6 +390,120 @@ def test_metrics_in_percent_rejected(tmp_path):
     frame.to_csv(metrics, index=False)
     with pytest.raises(TableInputError, match=r"row 5 has i_auroc = 87.5, outside \[0, 1\]"):
         load_metrics(metrics)
+
+
+def _with_rows(metrics: Path, rows: list[tuple[str, str, int, str, float]]) -> None:
+    frame = pd.read_csv(metrics)
+    extra = pd.DataFrame([{"dataset": "mvtec_ad", "category": c, "experiment": e, "seed": s, "metric": m,
+                           "value": v} for e, c, s, m, v in rows])  # fmt: skip
+    pd.concat([frame, extra], ignore_index=True).to_csv(metrics, index=False)
+
+
+def test_metrics_counts_accepted_for_fp_fn_only(tmp_path):
+    _, _, metrics = write_inputs(tmp_path)
+    _with_rows(metrics, [("exp_a", "bottle", 0, "fp", 1010.0), ("exp_a", "bottle", 0, "fn", 0.0)])
+    loaded = load_metrics(metrics)
+    assert loaded.loc[loaded["metric"] == "fp", "value"].tolist() == [1010.0]
+    for metric, value, message in [
+        ("i_ap", 87.5, r"i_ap = 87.5, outside \[0, 1\]"),
+        ("fp", 2.5, r"fp = 2.5; fp, fn are image counts"),
+        ("fn", -1.0, r"fn = -1.0; fp, fn are image counts"),
+    ]:
+        (tmp_path / metric).mkdir()
+        _, _, metrics = write_inputs(tmp_path / metric)
+        _with_rows(metrics, [("exp_a", "bottle", 0, metric, value)])
+        with pytest.raises(TableInputError, match=message):
+            load_metrics(metrics)
+
+
+def test_metrics_schema_allows_counts_and_rejects_percent():
+    import jsonschema
+
+    from defectbench.metrics import COUNT_METRICS
+    from defectbench.tables.spec import COUNT_METRICS as TABLE_COUNT_METRICS
+    from defectbench.tables.spec import NATURAL_UNITS, load_schema
+
+    schema = load_schema("metrics")
+    assert schema["$defs"]["count_metric"]["enum"] == list(COUNT_METRICS) == list(TABLE_COUNT_METRICS)
+    assert {*schema["$defs"]["count_metric"]["enum"], *schema["$defs"]["natural_unit_metric"]["enum"]} == set(
+        NATURAL_UNITS
+    )
+    validator = jsonschema.Draft202012Validator(schema)
+    row = {"dataset": "dagm", "category": "Class1", "experiment": "e", "seed": 0}
+    assert validator.is_valid({**row, "metric": "fp", "value": 1010})
+    assert validator.is_valid({**row, "metric": "latency_ms", "value": 41.5})
+    assert validator.is_valid({**row, "metric": "i_ap", "value": 0.74})
+    assert not validator.is_valid({**row, "metric": "i_ap", "value": 74.0})
+    assert not validator.is_valid({**row, "metric": "fn", "value": 2.5})
+
+
+COUNT_SPEC = {
+    "tables": {
+        "t4": {
+            "title": "Table 4: ablation",
+            "published_table": "Table 4",
+            "defaults": {"dataset": "mvtec_ad", "category": ["bottle", "cable"], "aggregate": "mean",
+                         "published_category": "mean", "method": "Ours"},
+            "rows": [{"label": "A", "experiment": "exp_a", "setting": "A"},
+                     {"label": "B", "experiment": "exp_b", "setting": "B"}],
+            "columns": [{"label": "AP", "metric": "i_auroc"},
+                        {"label": "FP", "metric": "fp", "aggregate": "sum", "best": "min"},
+                        {"label": "FN", "metric": "fn", "aggregate": "sum", "best": "min"}],
+        }
+    }
+}  # fmt: skip
+
+
+def test_sum_aggregate_counts_and_partial_sum(tmp_path):
+    published = [("Table 4", "mvtec_ad", "mean", "Ours", "A", "fp", "12"),
+                 ("Table 4", "mvtec_ad", "mean", "Ours", "B", "fp", "20")]  # fmt: skip
+    inputs = write_inputs(tmp_path, spec=COUNT_SPEC, published=published)
+    _with_rows(inputs[2], [
+        ("exp_a", "bottle", 0, "fp", 3.0), ("exp_a", "bottle", 1, "fp", 4.0), ("exp_a", "cable", 0, "fp", 5.0),
+        ("exp_a", "cable", 1, "fp", 6.0), ("exp_a", "bottle", 0, "fn", 1.0), ("exp_a", "cable", 0, "fn", 2.0),
+        ("exp_b", "bottle", 0, "fp", 9.0), ("exp_b", "bottle", 0, "fn", 0.0),  # exp_b: cable never ran
+    ])  # fmt: skip
+    paths = render(inputs, tmp_path / "out")
+    frame = pd.read_csv(paths["t4.csv"])
+    fp = cell(frame, "A", "FP")
+    # per unit mean over seeds (3.5, 5.5), summed: 9; per seed 3+5=8 and 4+6=10
+    assert fp["measured"] == pytest.approx(9.0) and fp["unit"] == "images" and fp["aggregate"] == "sum"
+    assert fp["measured_std"] == pytest.approx(pd.Series([8.0, 10.0]).std())
+    assert fp["status"] == "measured" and (fp["n_units"], fp["units_total"]) == (2, 2)
+    assert fp["difference"] == pytest.approx(9.0 - 12.0) and bool(fp["best"])
+    assert cell(frame, "A", "FN")["measured"] == pytest.approx(3.0)
+    assert cell(frame, "A", "AP")["aggregate"] == "mean"
+    partial = cell(frame, "B", "FP")
+    assert partial["status"] == "partial" and partial["measured"] == pytest.approx(9.0)
+    assert (partial["n_units"], partial["units_total"]) == (1, 2) and not bool(partial["best"])
+    assert math.isnan(partial["difference"])
+    md = paths["t4.md"].read_text()
+    assert "| A | **87.5** | **9** (pub. 12, −3) | **3** |" in md  # counts: integers, no percent
+    assert "| B | 65.0 | *9 (1/2 units)* (pub. 20) | *0 (1/2 units)* |" in md
+    assert "fn, fp summed over the cell's units" in md
+
+
+def test_aggregate_must_be_mean_or_sum(tmp_path):
+    spec = yaml.safe_load(yaml.safe_dump(COUNT_SPEC))
+    spec["tables"]["t4"]["columns"][1]["aggregate"] = "median"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(TableInputError, match=r"tables\.t4\.columns\[1\]"):
+        load_spec(path)
+
+
+def test_figure_points_note_partial_units(inputs):
+    from defectbench.tables.figures import figure_series
+    from defectbench.tables.render import PublishedIndex
+    from defectbench.tables.sources import MeasuredIndex
+
+    spec = load_spec(inputs[0])
+    figure = spec["figures"]["bars"]
+    figure["series"][0]["points"].append({"x": "both", "category": ["bottle", "cable"]})
+    measured = MeasuredIndex(load_metrics(inputs[2]), {"mvtec_ad": ["bottle"]})
+    series = figure_series(figure, PublishedIndex(load_published(inputs[1]), "segdec"), measured)
+    assert series[0]["partial"] == ["", "", "1/2 units"]
+    assert series[0]["measured"][2] == pytest.approx(92.5) and math.isnan(series[0]["measured"][1])
 
 
 def test_metrics_duplicate_seed_rejected(tmp_path):

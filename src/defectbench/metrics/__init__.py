@@ -1,7 +1,8 @@
-"""Evaluation metrics, exact (every distinct score is a threshold) and vectorised; values in [0, 1]."""
+"""Evaluation metrics, exact (every distinct score is a threshold) and vectorised; values in [0, 1] except the
+image counts fp/fn."""
 
 from defectbench.metrics.boxes import box_ap, box_ap_per_class, box_scores
-from defectbench.metrics.evaluate import METRICS, evaluate
+from defectbench.metrics.evaluate import COUNT_METRICS, METRICS, evaluate
 from defectbench.metrics.ranking import (
     ap,
     auc,
@@ -28,6 +29,7 @@ from defectbench.metrics.segmentation import (
 from defectbench.metrics.sweep import DEFAULT_CHUNK_PIXELS, MetricWarning
 
 __all__ = [
+    "COUNT_METRICS",
     "DEFAULT_CHUNK_PIXELS",
     "METRICS",
     "MetricWarning",

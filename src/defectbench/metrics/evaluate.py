@@ -13,10 +13,11 @@ from defectbench.metrics.segmentation import ThresholdRule, segmentation_scores,
 from defectbench.metrics.sweep import DEFAULT_CHUNK_PIXELS
 
 IMAGE_METRICS = ("i_auroc", "i_ap", "auc", "ca", "macc")
+COUNT_METRICS = ("fp", "fn")  # image counts at the best-F1 threshold, not fractions
 PIXEL_METRICS = ("p_auroc", "p_ap", "pro")
 SEGMENTATION_METRICS = ("iou", "miou", "precision", "recall")
 EXTERNAL_METRICS = ("noc85", "noc90", "latency_ms")
-METRICS = (*IMAGE_METRICS, *PIXEL_METRICS, *SEGMENTATION_METRICS, "f1", "box_ap")
+METRICS = (*IMAGE_METRICS, *COUNT_METRICS, *PIXEL_METRICS, *SEGMENTATION_METRICS, "f1", "box_ap")
 
 
 def evaluate(
@@ -33,9 +34,11 @@ def evaluate(
     fpr_limit: float = 0.3,
     chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
 ) -> dict[str, float]:
-    """Metrics named in `metrics`, values in [0, 1] (NaN where undefined).
+    """Metrics named in `metrics`, values in [0, 1] except the counts fp/fn (NaN where undefined).
 
-    `f1` is the best image-level F1 (SegDecNet's DAGM table) with f1_level="image", or the segmentation F1 of
+    `fp` / `fn` count normal images scored at or above / defective images below the best-F1 image threshold,
+    the threshold of ca, macc and f1 (SegDecNet's Table 4). `f1` is the best image-level F1 (SegDecNet's DAGM
+    table) with f1_level="image", or the segmentation F1 of
     the thresholded maps (RA-CAM) with f1_level="pixel". Segmentation metrics threshold `maps` with `threshold`
     (a number, "otsu" per image, or "best_f1"). `box_ap` also adds `box_ap:<class>` for every damage class.
     noc85/noc90/latency_ms are measured by the interactive and timing code, not here.
@@ -57,7 +60,10 @@ def evaluate(
     results: dict[str, float] = {}
 
     image_names = {"i_auroc": "auc", "i_ap": "ap", "auc": "auc", "ca": "ca", "macc": "macc", "f1": "f1"}
-    image_requested = [n for n in requested if n in IMAGE_METRICS or (n == "f1" and not pixel_f1)]
+    image_names |= {name: name for name in COUNT_METRICS}
+    image_requested = [
+        n for n in requested if n in IMAGE_METRICS or n in COUNT_METRICS or (n == "f1" and not pixel_f1)
+    ]
     if image_requested:
         detection = detection_scores(labels, scores)
         results.update({name: detection[image_names[name]] for name in image_requested})

@@ -171,12 +171,13 @@ def pro_auc(
 
 def detection_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """DAGM / SegDecNet image metrics: ap, auc, f1 (best over thresholds), and at the best-F1 threshold
-    (decision `score >= threshold`, as in the authors' evaluation) ca = accuracy and macc = (TPR + TNR) / 2."""
+    (decision `score >= threshold`, as in the authors' evaluation) ca = accuracy, macc = (TPR + TNR) / 2 and
+    the image counts fp (normal images at or above it) and fn (defective images below it), SegDecNet's Table 4."""
     summary = _summary(_flat_source(labels, scores), max(1, np.size(scores)))
     positives, negatives = summary.total_positive, summary.total_negative
     if positives == 0 or negatives == 0:
         nan = warn_undefined("detection metrics", f"{positives:g} positives and {negatives:g} negatives")
-        return {name: nan for name in ("ap", "auc", "f1", "ca", "macc", "threshold")}
+        return {name: nan for name in ("ap", "auc", "f1", "ca", "macc", "fp", "fn", "threshold")}
     true_negatives = negatives - summary.false_positive_at_best
     return {
         "ap": summary.average_precision,
@@ -184,6 +185,8 @@ def detection_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]
         "f1": summary.best_f1,
         "ca": (summary.true_positive_at_best + true_negatives) / (positives + negatives),
         "macc": (summary.true_positive_at_best / positives + true_negatives / negatives) / 2,
+        "fp": summary.false_positive_at_best,
+        "fn": positives - summary.true_positive_at_best,
         "threshold": summary.best_threshold,
     }
 

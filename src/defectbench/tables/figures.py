@@ -45,8 +45,12 @@ def render_figures(
 def figure_series(
     figure: Mapping[str, Any], published: PublishedIndex, measured: MeasuredIndex
 ) -> list[dict[str, Any]]:
-    """Per series: label, x values, measured and published y (NaN where absent), in display units."""
-    series = [{"label": s["label"], "x": [], "measured": [], "published": []} for s in figure["series"]]
+    """Per series: label, x values, measured and published y (NaN where absent), in display units, and per point
+    the partial-units note ("2/10 units" where only some of the point's units were measured, else "")."""
+    series = [
+        {"label": s["label"], "x": [], "measured": [], "published": [], "partial": []}
+        for s in figure["series"]
+    ]
     for s_index, p_index, keys in figure_points(figure):
         scale = 100.0 if is_percent(keys) else 1.0
         value = measured.lookup(keys)
@@ -55,7 +59,17 @@ def figure_series(
         entry["x"].append(figure["series"][s_index]["points"][p_index]["x"])
         entry["measured"].append(math.nan if value is None else value.value * scale)
         entry["published"].append(math.nan if pub is None else pub[0])
+        partial = value is not None and not value.complete
+        entry["partial"].append(f"{value.n_units}/{value.units_total} units" if partial else "")
     return series
+
+
+def _mark_partial(ax: Any, xs: np.ndarray, ys: np.ndarray, notes: np.ndarray, color: str) -> None:
+    """Write "n/m units" at every point measured on only some of its units (a partial mean or sum)."""
+    for x, y, note in zip(xs, ys, notes, strict=True):
+        if note:
+            ax.annotate(note, (x, y), textcoords="offset points", xytext=(0, 3), ha="center", va="bottom",
+                        rotation=90, fontsize=6, color=color)  # fmt: skip
 
 
 def _plot(figure: Mapping[str, Any], series: list[dict[str, Any]], dest: Path, synthetic: bool) -> Path:
@@ -82,6 +96,7 @@ def _plot(figure: Mapping[str, Any], series: list[dict[str, Any]], dest: Path, s
             measured, pub = np.asarray(s["measured"])[order], np.asarray(s["published"])[order]
             if np.isfinite(measured).any():
                 ax.plot(xs[order], measured, "-o", color=color, label=s["label"])
+                _mark_partial(ax, xs[order], measured, np.asarray(s["partial"])[order], color)
             if np.isfinite(pub).any():
                 keep = np.isfinite(pub)
                 ax.plot(
@@ -96,6 +111,7 @@ def _plot(figure: Mapping[str, Any], series: list[dict[str, Any]], dest: Path, s
             xs = np.array([categories.index(str(x)) for x in s["x"]], dtype=float) - 0.4 + width * (i + 0.5)
             measured, pub = np.asarray(s["measured"]), np.asarray(s["published"])
             ax.bar(xs, np.nan_to_num(measured), width=width * 0.9, color=color, label=s["label"])
+            _mark_partial(ax, xs, np.nan_to_num(measured), np.asarray(s["partial"]), color)
             for x in xs[~np.isfinite(measured)]:
                 ax.text(x, 0, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="#777")
             keep = np.isfinite(pub)

@@ -16,8 +16,10 @@ import pandas as pd
 from defectbench.io import write_csv, write_text
 from defectbench.tables.sources import Measured, MeasuredIndex, average, load_metrics, load_published
 from defectbench.tables.spec import (
+    COUNT_METRICS,
     NATURAL_UNITS,
     TableSpec,
+    aggregate_of,
     categories_of,
     is_percent,
     load_spec,
@@ -25,10 +27,10 @@ from defectbench.tables.spec import (
 )
 
 BANNER = "Measured on synthetic demo data — not comparable to the published numbers"
-MEASURED, NOT_RUN, PUBLISHED_ONLY = "measured", "not run", "published only"
+MEASURED, PARTIAL, NOT_RUN, PUBLISHED_ONLY = "measured", "partial", "not run", "published only"
 CSV_COLUMNS = [
-    "table", "row", "column", "dataset", "category", "experiment", "metric", "measured", "measured_std",
-    "n_seeds", "published", "difference", "status", "best", "unit",
+    "table", "row", "column", "dataset", "category", "experiment", "metric", "aggregate", "measured",
+    "measured_std", "n_seeds", "n_units", "units_total", "published", "difference", "status", "best", "unit",
 ]  # fmt: skip
 MINUS = "\u2212"
 DEFAULT_DECIMALS = 1
@@ -46,6 +48,7 @@ class Cell:
     published: float | None
     published_text: str | None
     scale: float
+    units_total: int
     decimals: int = DEFAULT_DECIMALS
     best: bool = False
 
@@ -61,6 +64,13 @@ class Cell:
     @property
     def unit(self) -> str:
         return "%" if self.scale == 100 else NATURAL_UNITS.get(self.keys.get("metric", ""), "")
+
+    @property
+    def units_marker(self) -> str:
+        """The marker "(2/10 units)" of a partial cell, whose value aggregates only the units measured so far."""
+        if self.status != PARTIAL or self.measured is None:
+            return ""
+        return f"({self.measured.n_units}/{self.measured.units_total} units)"
 
 
 class PublishedIndex:
@@ -98,8 +108,9 @@ def render_paper(
 ) -> list[Path]:
     """Write `<out_dir>/<paper>/<table>.{csv,md,html}` for every table of the spec (or those in `only`).
 
-    `out_dir` is the tables root (results/tables). `selected` maps dataset -> configured units; a cell with a unit
-    outside it is "not run" even if old metrics exist (None: every unit with metrics counts).
+    `out_dir` is the tables root (results/tables). `selected` maps dataset -> configured units; units outside it
+    do not count even if old metrics exist (None: every unit with metrics counts). A cell with no counting unit is
+    "not run", one with only some of its units "partial" (shown with "(n/m units)", never compared or bold).
     """
     spec = load_spec(spec_path)
     published = PublishedIndex(load_published(published_csv), paper)
@@ -127,15 +138,19 @@ def compute_table(table: TableSpec, published: PublishedIndex, measured: Measure
             return cache[(r, c)]
         row, column = table.rows[r], table.columns[c]
         keys = table.cell_keys(row, column)
-        if row.average_of:
-            value, status = _average_of([cell(row_index[label], c) for label in row.average_of])
-        elif column.average_of:
-            value, status = _average_of([cell(r, column_index[label]) for label in column.average_of])
+        parts = (
+            [cell(row_index[label], c) for label in row.average_of]
+            if row.average_of
+            else [cell(r, column_index[label]) for label in column.average_of]
+        )
+        units_total = sum(p.units_total for p in parts) if parts else len(categories_of(keys))
+        if parts:
+            value, status = _average_of(parts)
         elif "experiment" not in keys:
             value, status = None, PUBLISHED_ONLY
         else:
             value = measured.lookup(keys)
-            status = NOT_RUN if value is None else MEASURED
+            status = NOT_RUN if value is None else MEASURED if value.complete else PARTIAL
         pub = published.lookup(keys)
         cache[(r, c)] = Cell(
             row=row.label,
@@ -146,6 +161,7 @@ def compute_table(table: TableSpec, published: PublishedIndex, measured: Measure
             published=None if pub is None else pub[0],
             published_text=None if pub is None else pub[1],
             scale=100.0 if is_percent(keys) else 1.0,
+            units_total=units_total,
         )
         return cache[(r, c)]
 
@@ -156,11 +172,14 @@ def compute_table(table: TableSpec, published: PublishedIndex, measured: Measure
 
 
 def _average_of(parts: list[Cell]) -> tuple[Measured | None, str]:
-    if all(p.status == MEASURED for p in parts):
-        return average([p.measured for p in parts]), MEASURED
+    """Mean of other cells; partial (over the cells with values, units counted) unless all are complete."""
     if all(p.status == PUBLISHED_ONLY for p in parts):
         return None, PUBLISHED_ONLY
-    return None, NOT_RUN
+    with_values = [p.measured for p in parts if p.status in (MEASURED, PARTIAL) and p.measured is not None]
+    if not with_values:
+        return None, NOT_RUN
+    value = average(with_values, sum(p.units_total for p in parts))
+    return value, MEASURED if value.complete else PARTIAL
 
 
 def _printed_decimals(text: str) -> int:
@@ -173,7 +192,13 @@ def _set_decimals(grid: list[list[Cell]]) -> None:
         [None if c.published_text is None else _printed_decimals(c.published_text) for c in row]
         for row in grid
     ]
-    table_counts = Counter(d for row in printed for d in row if d is not None)
+    # counts (fp, fn) are printed as integers whatever the other metrics' precision: they do not set the default
+    table_counts = Counter(
+        d
+        for cells, decimals in zip(grid, printed, strict=True)
+        for cell, d in zip(cells, decimals, strict=True)
+        if d is not None and cell.keys.get("metric") not in COUNT_METRICS
+    )
     table_default = table_counts.most_common(1)[0][0] if table_counts else DEFAULT_DECIMALS
     for c in range(len(grid[0])):
         column_counts = Counter(row[c] for row in printed if row[c] is not None)
@@ -181,11 +206,14 @@ def _set_decimals(grid: list[list[Cell]]) -> None:
         for r, row in enumerate(grid):
             cell = row[c]
             own = printed[r][c]
-            cell.decimals = int(cell.keys.get("decimals", own if own is not None else column_default))
+            fallback = 0 if cell.keys.get("metric") in COUNT_METRICS else column_default
+            cell.decimals = int(cell.keys.get("decimals", own if own is not None else fallback))
 
 
 def _mark_best(table: TableSpec, grid: list[list[Cell]]) -> None:
-    """Mark the best measured (displayed) value among cells of one column (or row) that share a metric."""
+    """Mark the best measured (displayed) value among cells of one column (or row) that share a metric.
+
+    Partial cells never compete: a value over fewer units is not comparable with a complete one."""
     lines = (
         [(column.best, [row[c] for row in grid]) for c, column in enumerate(table.columns)]
         if table.best_axis == "column"
@@ -222,12 +250,15 @@ def cells_frame(table: TableSpec, grid: list[list[Cell]]) -> pd.DataFrame:
                 "category": ";".join(categories_of(cell.keys)),
                 "experiment": cell.keys.get("experiment", ""),
                 "metric": cell.keys.get("metric", ""),
+                "aggregate": aggregate_of(cell.keys),
                 "measured": round(value, 6) if has_value else None,
                 "measured_std": None if math.isnan(std) else round(std, 6),
                 "n_seeds": cell.measured.n_seeds if cell.measured is not None else None,
+                "n_units": cell.measured.n_units if cell.measured is not None else None,
+                "units_total": cell.measured.units_total if cell.measured is not None else None,
                 "published": cell.published,
                 "difference": round(value - cell.published, 6)
-                if has_value and cell.published is not None
+                if has_value and cell.published is not None and cell.status == MEASURED
                 else None,
                 "status": cell.status,
                 "best": cell.best,
@@ -235,7 +266,8 @@ def cells_frame(table: TableSpec, grid: list[list[Cell]]) -> pd.DataFrame:
             }
         )
     frame = pd.DataFrame.from_records(records, columns=CSV_COLUMNS)
-    frame["n_seeds"] = frame["n_seeds"].astype("Int64")
+    for column in ("n_seeds", "n_units", "units_total"):
+        frame[column] = frame[column].astype("Int64")
     return frame
 
 
@@ -250,18 +282,20 @@ def _signed(value: float, decimals: int) -> str:
 
 
 def _cell_parts(cell: Cell) -> tuple[str, str]:
-    """(main text, published note) of a cell, e.g. ("97.3", "pub. 98.1, −0.8")."""
+    """(main text, published note) of a cell, e.g. ("97.3", "pub. 98.1, −0.8") or ("41.0 (2/10 units)",
+    "pub. 98.1"): a partial cell is not compared with the published value of all units."""
     if cell.status == PUBLISHED_ONLY:
         return ("pub. " + cell.published_text, "") if cell.published_text is not None else ("—", "")
     note = "" if cell.published_text is None else f"pub. {cell.published_text}"
     if cell.status == NOT_RUN:
         return "not run", note
     rounded = cell.rounded
-    if rounded is None:
-        return "n/a", note
-    if cell.published is not None:
+    main = "n/a" if rounded is None else _number(rounded, cell.decimals)
+    if cell.status == PARTIAL:
+        return f"{main} {cell.units_marker}", note
+    if rounded is not None and cell.published is not None:
         note += ", " + _signed(rounded - cell.published, cell.decimals)
-    return _number(rounded, cell.decimals), note
+    return main, note
 
 
 def _legend(table: TableSpec, grid: list[list[Cell]]) -> str:
@@ -269,11 +303,16 @@ def _legend(table: TableSpec, grid: list[list[Cell]]) -> str:
         {f"{c.keys['metric']} in {c.unit}" for row in grid for c in row if c.scale == 1 and c.unit}
     )
     unit_text = "values in %" + (f" except {', '.join(units)}" if units else "")
+    summed = sorted({c.keys["metric"] for row in grid for c in row if aggregate_of(c.keys) == "sum"})
+    sum_text = f"; {', '.join(summed)} summed over the cell's units" if summed else ""
     along = "column" if table.best_axis == "column" else "row"
     return (
         f"Cells: measured (pub. published, measured − published); {unit_text}; measured = mean over seeds "
-        f"(the CSV lists the std and number of seeds). Bold: best measured value per {along} and metric. "
-        "“not run”: the cell's runs are not configured or have no metrics. “pub. x”: published only."
+        f"of each unit, then the mean over the cell's units{sum_text} (the CSV lists the std and number of "
+        f"seeds and units). Bold: best measured value per {along} and metric. “(n/m units)”: partial, only n "
+        "of the cell's m units are configured and measured, so the value is over those n and is not compared "
+        "with the published one. “not run”: the cell's runs are not configured or have no metrics. "
+        "“pub. x”: published only."
     )
 
 
@@ -293,7 +332,9 @@ def to_markdown(table: TableSpec, grid: list[list[Cell]], synthetic: bool) -> st
         texts = []
         for cell in row:
             main, note = _cell_parts(cell)
-            main = f"**{main}**" if cell.best else (f"*{main}*" if cell.status == NOT_RUN else main)
+            main = (
+                f"**{main}**" if cell.best else (f"*{main}*" if cell.status in (NOT_RUN, PARTIAL) else main)
+            )
             texts.append(escape(main + (f" ({note})" if note else "")))
         label = f"*{escape(row_spec.label)}*" if row_spec.average_of else escape(row_spec.label)
         lines.append("| " + " | ".join([label, *texts]) + " |")
@@ -315,6 +356,7 @@ table.db td { text-align: right; font-variant-numeric: tabular-nums; }
 table.db tr.avg th, table.db tr.avg td { border-top: 2px solid #888; font-style: italic; }
 td.best .m { font-weight: bold; }
 td.notrun { color: #999; font-style: italic; }
+td.partial { color: #7a5a00; font-style: italic; }
 td.pubonly { color: #666; background: #f7f7f7; }
 .pub { color: #777; font-size: 0.85em; }
 .neg { color: #b00020; }
@@ -353,13 +395,18 @@ def to_html(table: TableSpec, grid: list[list[Cell]], synthetic: bool) -> str:
 def _html_cell(cell: Cell) -> str:
     esc = html.escape
     main, note = _cell_parts(cell)
-    classes = {MEASURED: "measured", NOT_RUN: "notrun", PUBLISHED_ONLY: "pubonly"}[cell.status]
+    classes = {MEASURED: "measured", PARTIAL: "partial", NOT_RUN: "notrun", PUBLISHED_ONLY: "pubonly"}[
+        cell.status
+    ]
     if cell.best:
         classes += " best"
     details = [f"{k}={v}" for k, v in sorted(cell.keys.items()) if k in ("dataset", "experiment", "metric")]
     details.append("category=" + ";".join(categories_of(cell.keys)))
     if cell.measured is not None:
         details.append(f"seeds={cell.measured.n_seeds}")
+        details.append(
+            f"units={cell.measured.n_units}/{cell.measured.units_total} ({aggregate_of(cell.keys)})"
+        )
         if not math.isnan(cell.measured.std):
             details.append(f"std={_number(cell.measured.std * cell.scale, cell.decimals + 1)}")
     note_html = ""

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from defectbench.tables.spec import NATURAL_UNITS, TableInputError, categories_of, load_schema
+from defectbench.tables.spec import (
+    COUNT_METRICS,
+    NATURAL_UNITS,
+    TableInputError,
+    aggregate_of,
+    categories_of,
+    load_schema,
+)
 
 PUBLISHED_KEY = ["paper", "table", "dataset", "category", "method", "setting", "metric"]
 UNIT_KEY = ["experiment", "dataset", "category", "metric"]
@@ -49,6 +56,17 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: row {row + 2} has {frame['metric'].iloc[row]} = {frame['value'].iloc[row]}, outside [0, 1]; "
             "metrics.json values are fractions, never percent: fix the evaluator and re-run it"
         )
+    values = frame["value"]
+    not_a_count = (
+        frame["metric"].isin(list(COUNT_METRICS)) & values.notna() & ((values < 0) | (values % 1 != 0))
+    )
+    if not_a_count.any():
+        row = int(np.flatnonzero(not_a_count.to_numpy())[0])
+        raise TableInputError(
+            f"{path}: row {row + 2} has {frame['metric'].iloc[row]} = {values.iloc[row]}; "
+            f"{', '.join(COUNT_METRICS)} are image counts of one run (whole numbers >= 0): fix the evaluator "
+            "and re-run it"
+        )
     key = ["dataset", "category", "experiment", "seed", "metric"]
     duplicated = frame.duplicated(key, keep="first")
     if duplicated.any():
@@ -62,12 +80,21 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Measured:
-    """A cell's measured value in [0, 1] (or natural units) with its per-seed values."""
+    """A cell's measured value in [0, 1] (or natural units) with its per-seed values.
+
+    `n_units` of the cell's `units_total` evaluation units were measured; the value aggregates those only, so a
+    cell with n_units < units_total is partial (a mean or sum over fewer units than the paper's)."""
 
     value: float
     std: float
     n_seeds: int
     per_seed: dict[int, float]
+    n_units: int = 1
+    units_total: int = 1
+
+    @property
+    def complete(self) -> bool:
+        return self.n_units == self.units_total
 
 
 class MeasuredIndex:
@@ -81,27 +108,41 @@ class MeasuredIndex:
         self._selected = None if selected is None else {d: set(units) for d, units in selected.items()}
 
     def lookup(self, keys: Mapping[str, Any]) -> Measured | None:
-        """Mean over units of the mean over seeds; None ("not run") unless every unit is selected and has runs."""
+        """The cell's `aggregate` (mean or sum) over its units of each unit's mean over seeds.
+
+        Only units that are selected and have runs count; None ("not run") when there is none. When only some
+        units count, the result says so (n_units < units_total) and aggregates those units only.
+        """
         if "experiment" not in keys:
             return None
         dataset, categories = keys["dataset"], categories_of(keys)
-        if self._selected is not None and not set(categories) <= self._selected.get(dataset, set()):
+        if self._selected is not None:
+            configured = self._selected.get(dataset, set())
+            categories_run = [c for c in categories if c in configured]
+        else:
+            categories_run = categories
+        found = [self._units.get((keys["experiment"], dataset, c, keys["metric"])) for c in categories_run]
+        units = [u for u in found if u is not None]
+        if not units:
             return None
-        units = [self._units.get((keys["experiment"], dataset, c, keys["metric"])) for c in categories]
-        if any(u is None for u in units):
-            return None
-        value = float(np.mean([np.mean(list(u.values())) for u in units]))
+        combine = np.sum if aggregate_of(keys) == "sum" else np.mean
+        value = float(combine([np.mean(list(u.values())) for u in units]))
         common = sorted(set.intersection(*(set(u) for u in units)))
-        per_seed = {s: float(np.mean([u[s] for u in units])) for s in common}
-        return Measured(value, seed_std(per_seed), min(len(u) for u in units), per_seed)
+        per_seed = {s: float(combine([u[s] for u in units])) for s in common}
+        n_seeds = min(len(u) for u in units)
+        return Measured(value, seed_std(per_seed), n_seeds, per_seed, len(units), len(categories))
 
 
-def average(parts: list[Measured]) -> Measured:
-    """The mean of several cells (an `average_of` row or column), per seed where the seeds agree."""
+def average(parts: list[Measured], units_total: int | None = None) -> Measured:
+    """The mean of several cells (an `average_of` row or column), per seed where the seeds agree.
+
+    `units_total`: the units of all the averaged cells, measured or not (default: those of `parts`)."""
     common = sorted(set.intersection(*(set(p.per_seed) for p in parts)))
     per_seed = {s: float(np.mean([p.per_seed[s] for p in parts])) for s in common}
     value = float(np.mean([p.value for p in parts]))
-    return Measured(value, seed_std(per_seed), min(p.n_seeds for p in parts), per_seed)
+    n_units = sum(p.n_units for p in parts)
+    total = sum(p.units_total for p in parts) if units_total is None else units_total
+    return Measured(value, seed_std(per_seed), min(p.n_seeds for p in parts), per_seed, n_units, total)
 
 
 def seed_std(per_seed: Mapping[int, float]) -> float:

@@ -16,8 +16,13 @@ from defectbench.data.images import DataError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "workflow" / "schemas"
 
+# Image counts, = defectbench.metrics.COUNT_METRICS and the metrics schema's count_metric (tests check both; not
+# imported so that the tables do not load the metrics' scipy code).
+COUNT_METRICS = ("fp", "fn")
 # Metrics shown in their own unit (ms, clicks, images) rather than as a percentage of [0, 1].
-NATURAL_UNITS = {"latency_ms": "ms", "noc85": "clicks", "noc90": "clicks", "fp": "images", "fn": "images"}
+NATURAL_UNITS = {"latency_ms": "ms", "noc85": "clicks", "noc90": "clicks"} | dict.fromkeys(
+    COUNT_METRICS, "images"
+)
 
 
 class TableInputError(DataError, ValueError):
@@ -37,6 +42,11 @@ def load_schema(name: str) -> dict:
 def is_percent(keys: Mapping[str, Any]) -> bool:
     """Whether a cell's metric is shown as a percentage (values in [0, 1] times 100)."""
     return bool(keys.get("percent", keys.get("metric") not in NATURAL_UNITS))
+
+
+def aggregate_of(keys: Mapping[str, Any]) -> str:
+    """How a cell combines its units: `mean` (default) or `sum` (counts such as SegDecNet's FP/FN totals)."""
+    return str(keys.get("aggregate", "mean"))
 
 
 def categories_of(keys: Mapping[str, Any]) -> list[str]:
