@@ -81,7 +81,7 @@ def test_duplicate_and_dangling_experiments_are_errors(config_dir: Path) -> None
         config_dir / "experiments" / "zz.yaml",
         {"toy_cls": {"method": "toy", "protocol": "p", "datasets": []}},
     )
-    with pytest.raises(ValueError, match="toy_cls.*defined in both"):
+    with pytest.raises(ValueError, match=r"toy_cls.*defined in both"):
         load_experiments(config_dir)
     _write(
         config_dir / "experiments" / "zz.yaml",

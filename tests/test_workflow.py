@@ -56,6 +56,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(REPO / "Snakefile", work)
     shutil.copytree(REPO / "workflow", work / "workflow")
     shutil.copytree(REPO / "config", work / "config")
+    shutil.copytree(REPO / "envs", work / "envs")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["experiments"] = EXPERIMENTS
     config["datasets"]["mvtec_ad"]["categories"] = ["carpet"]

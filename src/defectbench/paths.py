@@ -3,9 +3,9 @@ The Snakefile's rules and the package both format these; nothing else spells a p
 
 ARCHIVES_DIR = "resources/archives"
 ARCHIVE = ARCHIVES_DIR + "/{dataset}/{filename}"
-DATASETS_DIR = "resources/datasets"
-DATASET_DIR = DATASETS_DIR + "/{dataset}"
-DATASET_READY = DATASET_DIR + "/.ready"  # written once a dataset is extracted or synthesized
+DATASETS_DIR = "resources/datasets"  # real data, extracted from the verified archives
+SYNTHETIC_DIR = "resources/synthetic"  # demo data, kept apart so that real and synthetic files never mix
+DATASET_READY = "resources/{dataset}.ready"  # written once a dataset is extracted or synthesized
 WEIGHTS_DIR = "resources/weights"
 
 MANIFEST = "results/manifests/{dataset}.csv"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import subprocess
@@ -23,9 +22,15 @@ from defectbench.io import atomic_path, write_csv, write_json
 from defectbench.predictions import Predictions
 
 
-def dataset_root(dataset: str) -> Path:
-    """The folder holding the dataset's own layout (resources/datasets/<dataset>/<registry root>)."""
-    return registry_root(dataset, paths.DATASET_DIR.format(dataset=dataset))
+def dataset_dir(dataset: str, config: Mapping[str, Any]) -> Path:
+    """Where the dataset is extracted (real) or synthesized (demo): resources/{datasets,synthetic}/<dataset>."""
+    synthetic = config["datasets"][dataset]["source"] == "synthetic"
+    return Path(paths.SYNTHETIC_DIR if synthetic else paths.DATASETS_DIR) / dataset
+
+
+def dataset_root(dataset: str, config: Mapping[str, Any]) -> Path:
+    """The folder holding the dataset's own layout (the registry's `root` inside its dataset_dir)."""
+    return registry_root(dataset, dataset_dir(dataset, config))
 
 
 DEFAULT_METRICS = ["i_auroc", "i_ap", "p_auroc", "p_ap", "pro"]
@@ -71,7 +76,7 @@ class RunContext:
         return load_samples(
             paths.MANIFEST.format(dataset=self.run.dataset),
             paths.SPLIT.format(dataset=self.run.dataset, protocol=protocol),
-            dataset_root(self.run.dataset),
+            dataset_root(self.run.dataset, self.config),
             self.run.category,
         )
 
@@ -134,7 +139,9 @@ def train(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
     with atomic_path(run_file(paths.MODEL, run)) as tmp:
         torch.save(payload, tmp)
     write_csv(run_file(paths.TRAIN_LOG, run), pd.DataFrame(log or [{"epoch": 0}]))
-    write_json(run.directory / "train_info.json", {"seconds": payload["train_seconds"], "device": str(device)})
+    write_json(
+        run.directory / "train_info.json", {"seconds": payload["train_seconds"], "device": str(device)}
+    )
     run_file(paths.CHECKPOINT, run).unlink(missing_ok=True)
     return run_file(paths.MODEL, run)
 
@@ -156,8 +163,7 @@ def predict(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
             upstream_run = Run(run.dataset, run.category, upstream, run.seed)
             method.upstream = _load_method(upstream_run, RunContext(upstream_run, config), device)
         started = time.perf_counter()
-        with torch.no_grad() if not getattr(method, "needs_gradients", False) else contextlib.nullcontext():
-            predictions = method.predict(samples, context.eval_size)
+        predictions = method.predict(samples, context.eval_size)  # methods choose no_grad themselves
         seconds = time.perf_counter() - started
     expected = [s.image_id for s in samples]
     if list(predictions.image_id) != expected:
@@ -229,11 +235,22 @@ def evaluate(run: Run, config: Mapping[str, Any]) -> Path:
     return write_json(run_file(paths.METRICS, run), result)
 
 
-def collect(metrics_files: list[Path], dest: Path) -> Path:
-    """All metrics.json in one long table: one row per (dataset, category, experiment, seed, metric)."""
+def collect(metrics_files: list[Path], dest: Path, config: Mapping[str, Any]) -> Path:
+    """All metrics.json in one long table: one row per (dataset, category, experiment, seed, metric).
+
+    A record measured on another kind of data (synthetic vs real) than the config names is refused, so demo
+    numbers never reach a table of the real reproduction.
+    """
     rows = []
     for path in metrics_files:
         record = _read_json(Path(path))
+        synthetic = config["datasets"][record["dataset"]]["source"] == "synthetic"
+        if record["synthetic"] != synthetic:
+            kind = "synthetic" if record["synthetic"] else "real"
+            raise DataError(
+                f"{path} was measured on {kind} data but the config's source of {record['dataset']} differs; "
+                f"delete it (or results/runs/{record['dataset']}) and run snakemake again"
+            )
         for metric, value in record["metrics"].items():
             rows.append(
                 {

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from defectbench import paths
+from defectbench.io import write_json
 
 RuleFunction = Callable[[Any], None]
 _RULES: dict[str, RuleFunction] = {}
@@ -69,10 +70,13 @@ def download(smk: Any) -> None:
 
 @rule
 def prepare_dataset(smk: Any) -> None:
-    """Extract the verified archives, or synthesize the demo dataset, into resources/datasets/<dataset>/."""
+    """Extract the verified archives into resources/datasets/<dataset>/, or synthesize the demo dataset into
+    resources/synthetic/<dataset>/."""
+    from defectbench import runner
+
     dataset = smk.wildcards.dataset
     settings = smk.config["datasets"][dataset]
-    target = Path(paths.DATASET_DIR.format(dataset=dataset))
+    target = runner.dataset_dir(dataset, smk.config)
     if settings["source"] == "synthetic":
         from defectbench.data.synthetic import synthesize
 
@@ -88,7 +92,7 @@ def prepare_dataset(smk: Any) -> None:
             Path(paths.DATASETS_DIR),
             url_overrides=settings.get("urls"),
         )
-    Path(smk.output[0]).write_text(f"source: {settings['source']}\n")
+    write_json(smk.output[0], {"source": settings["source"], "path": str(target)})
 
 
 @rule
@@ -97,7 +101,7 @@ def index(smk: Any) -> None:
     from defectbench.runner import dataset_root
 
     dataset = smk.wildcards.dataset
-    root = dataset_root(dataset)
+    root = dataset_root(dataset, smk.config)
     real = smk.config["datasets"][dataset]["source"] != "synthetic"
     write_manifest(dataset, root, Path(smk.output[0]), check_counts=real)
 
@@ -136,7 +140,7 @@ def evaluate(smk: Any) -> None:
 def collect(smk: Any) -> None:
     from defectbench import runner
 
-    runner.collect([Path(p) for p in smk.input], Path(smk.output[0]))
+    runner.collect([Path(p) for p in smk.input], Path(smk.output[0]), smk.config)
 
 
 def is_synthetic(config: dict[str, Any]) -> bool:

@@ -22,6 +22,11 @@ rule prepare_dataset:
         paths.LOGS.format(rule="prepare_dataset", name="{dataset}"),
     conda:
         "../../envs/defectbench.yaml"
+    params:
+        source=lambda wildcards: config["datasets"][wildcards.dataset]["source"],  # a change re-runs the job
+        synthetic=lambda wildcards: config["datasets"][wildcards.dataset].get(
+            "synthetic"
+        ),
     script:
         "../scripts/rule.py"
 
