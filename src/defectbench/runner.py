@@ -105,7 +105,11 @@ def _load_method(run: Run, context: RunContext, device: Any) -> Any:
 
 
 def train(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
-    """Fit the run's method on its training subset; writes model.pt and train_log.csv."""
+    """Fit the run's method on its training subset and predict its evaluation subset, in one process.
+
+    Writes model.pt, train_log.csv and predictions.npz. Training and prediction share one job because loading
+    torch and the vision libraries costs several seconds per process, as much as a whole demo-scale run.
+    """
     import torch
 
     from defectbench.methods.base import build
@@ -119,6 +123,7 @@ def train(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
         raise DataError(
             f"split {context.experiment['protocol']} of {run.dataset}/{run.category} has no training images"
         )
+    samples = context.eval_samples()
     run.directory.mkdir(parents=True, exist_ok=True)
     with gpu_lease() as leased:
         device = torch_device(leased)
@@ -130,52 +135,29 @@ def train(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
             method.upstream = _load_method(upstream_run, RunContext(upstream_run, config), device)
         started = time.perf_counter()
         log = method.fit(subsets["train"], subsets.get("val"))
-        payload = {
-            "method": context.method,
-            "params": context.params,
-            "state": method.state_dict(),
-            "train_seconds": time.perf_counter() - started,
-        }
-    with atomic_path(run_file(paths.MODEL, run)) as tmp:
-        torch.save(payload, tmp)
-    write_csv(run_file(paths.TRAIN_LOG, run), pd.DataFrame(log or [{"epoch": 0}]))
-    write_json(
-        run.directory / "train_info.json", {"seconds": payload["train_seconds"], "device": str(device)}
-    )
-    run_file(paths.CHECKPOINT, run).unlink(missing_ok=True)
-    return run_file(paths.MODEL, run)
-
-
-def predict(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
-    """Maps and scores of the evaluation subset; writes predictions.npz."""
-    import torch
-
-    from defectbench.runtime.gpu import gpu_lease, torch_device
-
-    torch.set_num_threads(threads)
-    context = RunContext(run, config)
-    samples = context.eval_samples()
-    with gpu_lease() as leased:
-        device = torch_device(leased)
-        method = _load_method(run, context, device)
-        upstream = context.experiment.get("upstream")
-        if upstream:
-            upstream_run = Run(run.dataset, run.category, upstream, run.seed)
-            method.upstream = _load_method(upstream_run, RunContext(upstream_run, config), device)
+        train_seconds = time.perf_counter() - started
+        payload = {"method": context.method, "params": context.params, "state": method.state_dict()}
+        with atomic_path(run_file(paths.MODEL, run)) as tmp:
+            torch.save(payload, tmp)
+        write_csv(run_file(paths.TRAIN_LOG, run), pd.DataFrame(log or [{"epoch": 0}]))
         started = time.perf_counter()
         predictions = method.predict(samples, context.eval_size)  # methods choose no_grad themselves
-        seconds = time.perf_counter() - started
-    expected = [s.image_id for s in samples]
-    if list(predictions.image_id) != expected:
+        predict_seconds = time.perf_counter() - started
+    if list(predictions.image_id) != [s.image_id for s in samples]:
         raise RuntimeError(f"{context.method}.predict returned images in another order than it was given")
     if predictions.maps.shape[1:] != context.eval_size:
         raise RuntimeError(
             f"{context.method}.predict returned maps of {predictions.maps.shape[1:]}, not {context.eval_size}"
         )
     predictions.save(run_file(paths.PREDICTIONS, run))
-    write_json(
-        run.directory / "predict_info.json", {"seconds": seconds, "device": str(device), "n": len(samples)}
-    )
+    timing = {
+        "train_s": train_seconds,
+        "predict_s": predict_seconds,
+        "device": str(device),
+        "n_eval": len(samples),
+    }
+    write_json(run_file(paths.TIMING, run), timing)
+    run_file(paths.CHECKPOINT, run).unlink(missing_ok=True)
     return run_file(paths.PREDICTIONS, run)
 
 
@@ -209,8 +191,7 @@ def evaluate(run: Run, config: Mapping[str, Any]) -> Path:
         threshold=threshold_rule(experiment.get("threshold", "otsu")),
         f1_level=f1_level,
     )
-    info = _read_json(run.directory / "predict_info.json")
-    train_info = _read_json(run.directory / "train_info.json")
+    timing = _read_json(run_file(paths.TIMING, run))
     result = {
         "dataset": run.dataset,
         "category": run.category,
@@ -221,11 +202,11 @@ def evaluate(run: Run, config: Mapping[str, Any]) -> Path:
         "n_images": len(samples),
         "n_defective": int(labels.sum()),
         "wall_time_s": {
-            "train": train_info.get("seconds"),
-            "predict": info.get("seconds"),
+            "train": timing.get("train_s"),
+            "predict": timing.get("predict_s"),
             "evaluate": time.perf_counter() - started,
         },
-        "device": info.get("device", "unknown"),
+        "device": timing.get("device", "unknown"),
         "synthetic": config["datasets"][run.dataset]["source"] == "synthetic",
         "scale": config["scale"],
         "git_commit": git_commit(),
