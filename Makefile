@@ -24,6 +24,7 @@ chromium:
 
 demo: install
 	$(SNAKEMAKE) --cores all
+	mkdir -p reports
 	$(SNAKEMAKE) --cores all --report reports/report.html
 	@echo "Report: reports/report.html"
 

@@ -110,6 +110,7 @@ def test_report_shows_the_tables(workdir: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (make test installs it)")
+    (workdir / "reports").mkdir(exist_ok=True)
     snakemake(workdir, "--report", "reports/report.html")
     report = workdir / "reports" / "report.html"
     assert report.stat().st_size > 100_000
