@@ -23,6 +23,7 @@ report: "workflow/report/workflow.rst"
 rule all:
     default_target: True
     input:
+        METRICS_FILES,  # requested, so that a deleted metrics.json is evaluated again
         paths.METRICS_TABLE,
         paths.RUN_INFO,
         DATA_FILES,

@@ -104,15 +104,25 @@ def _load_method(run: Run, context: RunContext, device: Any) -> Any:
     return method
 
 
-def train(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
-    """Fit the run's method on its training subset and predict its evaluation subset, in one process.
+def _fitted_method(run: Run, context: RunContext, device: Any, fit: bool) -> Any:
+    """The run's method with its upstream attached: freshly fitted (fit=True) or loaded from model.pt."""
+    from defectbench.methods.base import build
 
-    Writes model.pt, train_log.csv and predictions.npz. Training and prediction share one job because loading
-    torch and the vision libraries costs several seconds per process, as much as a whole demo-scale run.
-    """
+    if fit:
+        method = build(context.method, context.params, device, run.seed, run.directory)
+    else:
+        method = _load_method(run, context, device)
+    upstream = context.experiment.get("upstream")
+    if upstream:
+        upstream_run = Run(run.dataset, run.category, upstream, run.seed)
+        method.upstream = _load_method(upstream_run, RunContext(upstream_run, context.config), device)
+    return method
+
+
+def train(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
+    """Fit the run's method on its training subset; writes model.pt, train_log.csv and the training time."""
     import torch
 
-    from defectbench.methods.base import build
     from defectbench.runtime.gpu import gpu_lease, torch_device
     from defectbench.training import seed_everything
 
@@ -123,26 +133,38 @@ def train(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
         raise DataError(
             f"split {context.experiment['protocol']} of {run.dataset}/{run.category} has no training images"
         )
-    samples = context.eval_samples()
     run.directory.mkdir(parents=True, exist_ok=True)
     with gpu_lease() as leased:
         device = torch_device(leased)
         seed_everything(run.seed)
-        method = build(context.method, context.params, device, run.seed, run.directory)
-        upstream = context.experiment.get("upstream")
-        if upstream:
-            upstream_run = Run(run.dataset, run.category, upstream, run.seed)
-            method.upstream = _load_method(upstream_run, RunContext(upstream_run, config), device)
+        method = _fitted_method(run, context, device, fit=True)
         started = time.perf_counter()
         log = method.fit(subsets["train"], subsets.get("val"))
-        train_seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
         payload = {"method": context.method, "params": context.params, "state": method.state_dict()}
-        with atomic_path(run_file(paths.MODEL, run)) as tmp:
-            torch.save(payload, tmp)
-        write_csv(run_file(paths.TRAIN_LOG, run), pd.DataFrame(log or [{"epoch": 0}]))
+    with atomic_path(run_file(paths.MODEL, run)) as tmp:
+        torch.save(payload, tmp)
+    write_csv(run_file(paths.TRAIN_LOG, run), pd.DataFrame(log or [{"epoch": 0}]))
+    write_json(run_file(paths.TRAIN_TIME, run), {"seconds": seconds, "device": str(device)})
+    run_file(paths.CHECKPOINT, run).unlink(missing_ok=True)
+    return run_file(paths.MODEL, run)
+
+
+def predict(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
+    """Maps and scores of the evaluation subset from model.pt; writes predictions.npz and the prediction time."""
+    import torch
+
+    from defectbench.runtime.gpu import gpu_lease, torch_device
+
+    torch.set_num_threads(threads)
+    context = RunContext(run, config)
+    samples = context.eval_samples()
+    with gpu_lease() as leased:
+        device = torch_device(leased)
+        method = _fitted_method(run, context, device, fit=False)
         started = time.perf_counter()
         predictions = method.predict(samples, context.eval_size)  # methods choose no_grad themselves
-        predict_seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
     if list(predictions.image_id) != [s.image_id for s in samples]:
         raise RuntimeError(f"{context.method}.predict returned images in another order than it was given")
     if predictions.maps.shape[1:] != context.eval_size:
@@ -150,14 +172,9 @@ def train(run: Run, config: Mapping[str, Any], threads: int = 1) -> Path:
             f"{context.method}.predict returned maps of {predictions.maps.shape[1:]}, not {context.eval_size}"
         )
     predictions.save(run_file(paths.PREDICTIONS, run))
-    timing = {
-        "train_s": train_seconds,
-        "predict_s": predict_seconds,
-        "device": str(device),
-        "n_eval": len(samples),
-    }
-    write_json(run_file(paths.TIMING, run), timing)
-    run_file(paths.CHECKPOINT, run).unlink(missing_ok=True)
+    write_json(
+        run_file(paths.PREDICT_TIME, run), {"seconds": seconds, "device": str(device), "n": len(samples)}
+    )
     return run_file(paths.PREDICTIONS, run)
 
 
@@ -191,7 +208,8 @@ def evaluate(run: Run, config: Mapping[str, Any]) -> Path:
         threshold=threshold_rule(experiment.get("threshold", "otsu")),
         f1_level=f1_level,
     )
-    timing = _read_json(run_file(paths.TIMING, run))
+    train_time = _read_json(run_file(paths.TRAIN_TIME, run))
+    predict_time = _read_json(run_file(paths.PREDICT_TIME, run))
     result = {
         "dataset": run.dataset,
         "category": run.category,
@@ -202,11 +220,11 @@ def evaluate(run: Run, config: Mapping[str, Any]) -> Path:
         "n_images": len(samples),
         "n_defective": int(labels.sum()),
         "wall_time_s": {
-            "train": timing.get("train_s"),
-            "predict": timing.get("predict_s"),
+            "train": train_time.get("seconds"),
+            "predict": predict_time.get("seconds"),
             "evaluate": time.perf_counter() - started,
         },
-        "device": timing.get("device", "unknown"),
+        "device": predict_time.get("device", "unknown"),
         "synthetic": config["datasets"][run.dataset]["source"] == "synthetic",
         "scale": config["scale"],
         "git_commit": git_commit(),

@@ -123,6 +123,13 @@ def train(smk: Any) -> None:
 
 
 @rule
+def predict(smk: Any) -> None:
+    from defectbench import runner
+
+    runner.predict(_run(smk), smk.config, threads=smk.threads)
+
+
+@rule
 def evaluate(smk: Any) -> None:
     from defectbench import runner
 

@@ -10,6 +10,7 @@ validate_config(config)
 
 EXPERIMENTS = load_experiments()
 RUNS = planned_runs(config)
+METRICS_FILES = [paths.METRICS.format(**run.__dict__) for run in RUNS]
 PAPERS = config["papers"]
 PAPERS_WITH_FIGURES = [p for p in PAPERS if figure_names(f"config/tables/{p}.yaml")]
 # Every configured dataset is indexed and split by its protocols without an N grid, plus whatever the runs need.

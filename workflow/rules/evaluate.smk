@@ -21,7 +21,7 @@ rule evaluate:
 
 rule collect:
     input:
-        [paths.METRICS.format(**run.__dict__) for run in RUNS],
+        METRICS_FILES,
     output:
         paths.METRICS_TABLE,
     log:

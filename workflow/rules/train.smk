@@ -1,5 +1,4 @@
-# One generic job per (dataset, category, experiment, seed) for every method: fit on the training subset, then
-# predict the evaluation subset in the same process (the libraries and the model load once).
+# Generic train and predict rules for every method: one job per (dataset, category, experiment, seed).
 
 
 rule train:
@@ -8,11 +7,30 @@ rule train:
     output:
         model=paths.MODEL,
         log=paths.TRAIN_LOG,
-        predictions=paths.PREDICTIONS,
-        timing=paths.TIMING,
+        time=paths.TRAIN_TIME,
     log:
         paths.LOGS.format(
             rule="train", name="{dataset}/{category}/{experiment}/seed{seed}"
+        ),
+    conda:
+        "../../envs/defectbench.yaml"
+    threads: config["threads_per_job"]
+    resources:
+        gpu=1,
+    script:
+        "../scripts/rule.py"
+
+
+rule predict:
+    input:
+        unpack(run_inputs),
+        model=paths.MODEL,
+    output:
+        predictions=paths.PREDICTIONS,
+        time=paths.PREDICT_TIME,
+    log:
+        paths.LOGS.format(
+            rule="predict", name="{dataset}/{category}/{experiment}/seed{seed}"
         ),
     conda:
         "../../envs/defectbench.yaml"

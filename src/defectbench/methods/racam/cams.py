@@ -1,10 +1,13 @@
 """RA-CAM (Eq. 6–7) and the pytorch_grad_cam baselines, computed alike on one classifier.
 
 Every method goes through pytorch_grad_cam's BaseCAM pipeline: per target layer ReLU, min–max normalisation to
-[0, 1], bilinear resize to the input, mean over the target layers, min–max again (FullGrad: its own per-layer
-scaling, then the sum, min–max). RA-CAM is a BaseCAM subclass, so its per-stage maps are combined by exactly
-that mean of normalised stage maps, like Layer-CAM's; the paper fuses "hierarchical" stage maps but does not
-give a rule, and this one treats every method alike.
+[0, 1], bilinear resize to the input, fusion over the target layers, min–max again (FullGrad: its own per-layer
+scaling, then the sum, min–max). The library baselines fuse by the arithmetic mean. RA-CAM fuses its stage maps
+by `stage_fusion`: the paper combines "hierarchical" stage maps without giving a rule, and motivates them by
+Fig. 1 (deep stages: strong, clean but coarse; shallow stages: fine but noisy). The default `geometric` mean
+keeps a pixel only where every stage responds, so the coarse stages say where and the fine stages sharpen the
+outline; the arithmetic `mean` (Layer-CAM's rule) lets the upsampled halo of the coarse stages cover far more
+than a small defect, and Otsu then cuts that halo (synthetic KSDD2: IoU 0.05 with `mean`, 0.7 with `geometric`).
 """
 
 from __future__ import annotations
@@ -25,25 +28,44 @@ from pytorch_grad_cam import (
     XGradCAM,
 )
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from defectbench.methods.backbones import imagenet_normalize
 from defectbench.methods.racam.classifier import DEFECT_CLASS, StagedClassifier
 from defectbench.methods.racam.fgbp import filter_gradient, filtering_guided_backprop
 
+STAGE_FUSIONS = ("geometric", "mean")
+
 
 class RegionAwareCAM(BaseCAM):
     """Eq. 6–7: M^{cl} = ReLU(Σ_k 𝕀(g^{kl} ≥ δ_k) g^{kl} ⊙ A^{kl}) per target layer, δ_k the `percentile` of the
     positive gradients of feature map k. Run it under `filtering_guided_backprop` (as `cam_maps` does) so the
-    gradients g themselves come from FGBP (Eq. 5)."""
+    gradients g themselves come from FGBP (Eq. 5). The stage maps are fused by `stage_fusion` (module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, target_layers: list[torch.nn.Module], percentile: float):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        target_layers: list[torch.nn.Module],
+        percentile: float,
+        stage_fusion: str = "geometric",
+    ):
+        if stage_fusion not in STAGE_FUSIONS:
+            raise ValueError(f"unknown stage_fusion {stage_fusion!r}; choose one of {STAGE_FUSIONS}")
         super().__init__(model, target_layers)
         self.percentile = percentile
+        self.stage_fusion = stage_fusion
 
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
         filtered = filter_gradient(torch.from_numpy(grads), percentile=self.percentile).numpy()
         return (filtered * activations).sum(axis=1)
+
+    def aggregate_multi_layers(self, cam_per_target_layer: list[np.ndarray]) -> np.ndarray:
+        """Fuse the per-stage maps (each ReLU'd, min–max scaled and resized by BaseCAM), then min–max again."""
+        if self.stage_fusion == "mean":
+            return super().aggregate_multi_layers(cam_per_target_layer)
+        stage_maps = np.maximum(np.concatenate(cam_per_target_layer, axis=1), 0).astype(np.float64)
+        return scale_cam_image(stage_maps.prod(axis=1) ** (1.0 / stage_maps.shape[1]))
 
 
 CAM_METHODS = ("racam", "gradcam", "gradcam++", "xgradcam", "ablationcam", "scorecam", "layercam", "fullgrad")
@@ -64,7 +86,7 @@ def make_cam(model: StagedClassifier, params: Mapping[str, Any]) -> BaseCAM:
         raise ValueError(f"target_stages {stages} must name stages 1..{len(model.stages)}")
     layers = [model.stage_outputs[stage - 1] for stage in stages]
     if name == "racam":
-        return RegionAwareCAM(model, layers, float(params["delta"]))
+        return RegionAwareCAM(model, layers, float(params["delta"]), str(params["stage_fusion"]))
     if name == "fullgrad":
         return FullGrad(model, [])
     if name == "ablationcam":
