@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from defectbench.data.indexers import index_dataset
 from defectbench.data.samples import Sample, load_samples
@@ -31,3 +32,12 @@ def synthetic_samples(tmp_path: Path) -> SampleFactory:
         return load_samples(manifest_csv, split_csv, root, category)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Small test networks run several times faster on one thread than on two busy cores; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

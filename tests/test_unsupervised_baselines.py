@@ -3,7 +3,6 @@ the gradient penalty, window accumulation, learning on synthetic KolektorSDD2, a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +48,7 @@ FANOGAN_PARAMS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Small convolutions run far faster on one thread than on two busy ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,18 @@ class Method(abc.ABC):
     """A defect detector: built from its resolved hyper-parameters, fitted on a split, then predicts maps."""
 
     name: ClassVar[str]
+    required_params: ClassVar[tuple[str, ...]] = ()  # keys config/methods/<name>.yaml must provide
     upstream: Method | None = None  # a fitted method of the experiment's `upstream:` run, set by the runner
 
     def __init__(
         self, params: Mapping[str, Any], device: torch.device, seed: int, workdir: Path | None = None
     ):
         self.params = dict(params)
+        missing = [key for key in self.required_params if key not in self.params]
+        if missing:
+            raise ValueError(
+                f"{self.name} needs the hyper-parameters {missing}; see config/methods/{self.name}.yaml"
+            )
         self.device = device
         self.seed = seed
         self.workdir = workdir  # where checkpoints of an interrupted fit live; None = no checkpoints

@@ -110,12 +110,11 @@ def window_pixel_map(
 
 @register("fanogan")
 class FAnoGAN(Method):
+    required_params = REQUIRED
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         p = self.params
-        missing = [key for key in REQUIRED if key not in p]
-        if missing:
-            raise ValueError(f"fanogan needs the parameters {missing} (config/methods/fanogan.yaml)")
         resample_blocks(p["patch_size"])
         if min(p["input_size"]) <= p["patch_size"]:
             raise ValueError(f"input_size {p['input_size']} must exceed patch_size {p['patch_size']}")

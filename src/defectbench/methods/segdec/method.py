@@ -77,11 +77,10 @@ class BestModel:
 class SegDec(Method):
     """Segmentation + decision network trained end to end on a mixture of pixel- and image-labelled positives."""
 
+    required_params = REQUIRED
+
     def __init__(self, params: dict[str, Any], device: torch.device, seed: int, workdir: Path | None = None):
         super().__init__(params, device, seed, workdir)
-        missing = [key for key in REQUIRED if key not in self.params]
-        if missing:
-            raise ValueError(f"segdec is missing hyper-parameters {missing}; see config/methods/segdec.yaml")
         self.input_size = (int(self.params["input_size"][0]), int(self.params["input_size"][1]))
         check_input_size(self.input_size)
         self.channels = int(self.params["channels"])

@@ -64,14 +64,11 @@ def ensemble_scores(predictions: torch.Tensor, targets: torch.Tensor) -> tuple[t
 
 @register("uninformed_students")
 class UninformedStudents(Method):
+    required_params = REQUIRED
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         p = self.params
-        missing = [key for key in REQUIRED if key not in p]
-        if missing:
-            raise ValueError(
-                f"uninformed_students needs the parameters {missing} (config/methods/uninformed_students.yaml)"
-            )
         height, width = p["input_size"]
         if height % STUDENT_STRIDE or width % STUDENT_STRIDE:
             raise ValueError(f"input_size {p['input_size']} must be divisible by {STUDENT_STRIDE}")
