@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from defectbench.io import atomic_path
-from defectbench.tables.render import BANNER, PublishedIndex
-from defectbench.tables.sources import MeasuredIndex, load_metrics, load_published
-from defectbench.tables.spec import figure_points, is_percent, load_spec
+from defectbench.tables.render import BANNER, PublishedIndex, load_inputs
+from defectbench.tables.sources import MeasuredIndex
+from defectbench.tables.spec import figure_points, is_percent
 
 
 def render_figures(
@@ -30,9 +30,7 @@ def render_figures(
 
     `out_dir` is the figures root (results/figures); `selected` as in render_paper.
     """
-    spec = load_spec(spec_path)
-    published = PublishedIndex(load_published(published_csv), paper)
-    measured = MeasuredIndex(load_metrics(metrics_csv), selected)
+    spec, published, measured = load_inputs(paper, spec_path, published_csv, metrics_csv, selected)
     paths = []
     for name, figure in (spec.get("figures") or {}).items():
         if only is not None and name not in only:

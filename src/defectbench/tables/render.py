@@ -96,6 +96,22 @@ class PublishedIndex:
         return self._values.get(key)
 
 
+def load_inputs(
+    paper: str,
+    spec_path: str | os.PathLike,
+    published_csv: str | os.PathLike,
+    metrics_csv: str | os.PathLike,
+    selected: Mapping[str, Collection[str]] | None,
+) -> tuple[dict, PublishedIndex, MeasuredIndex]:
+    """A paper's validated spec, its published numbers and the measured metrics, as tables and figures read them."""
+    spec = load_spec(spec_path)
+    return (
+        spec,
+        PublishedIndex(load_published(published_csv), paper),
+        MeasuredIndex(load_metrics(metrics_csv), selected),
+    )
+
+
 def render_paper(
     paper: str,
     spec_path: str | os.PathLike,
@@ -112,9 +128,7 @@ def render_paper(
     do not count even if old metrics exist (None: every unit with metrics counts). A cell with no counting unit is
     "not run", one with only some of its units "partial" (shown with "(n/m units)", never compared or bold).
     """
-    spec = load_spec(spec_path)
-    published = PublishedIndex(load_published(published_csv), paper)
-    measured = MeasuredIndex(load_metrics(metrics_csv), selected)
+    spec, published, measured = load_inputs(paper, spec_path, published_csv, metrics_csv, selected)
     paths: list[Path] = []
     for table in table_specs(spec):
         if only is not None and table.name not in only:
