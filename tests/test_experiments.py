@@ -1,4 +1,4 @@
-"""Experiments, hyper-parameter resolution, the planned runs, and config validation."""
+"""Experiments (schema, per-file defaults), hyper-parameter resolution, the planned runs, config validation."""
 
 from pathlib import Path
 
@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from defectbench.config import ConfigError, validate_config
-from defectbench.experiments import Run, deep_merge, load_experiments, method_params, planned_runs
+from defectbench.experiments import deep_merge, load_experiments, method_params
+from defectbench.plan import Run, planned_runs
 
 
 def _write(path: Path, content: dict) -> None:
@@ -79,16 +80,65 @@ def test_planned_runs_follow_tables_config_and_upstream(config_dir: Path) -> Non
 def test_duplicate_and_dangling_experiments_are_errors(config_dir: Path) -> None:
     _write(
         config_dir / "experiments" / "zz.yaml",
-        {"toy_cls": {"method": "toy", "protocol": "p", "datasets": []}},
+        {"toy_cls": {"method": "toy", "protocol": "p", "datasets": ["ksdd"]}},
     )
     with pytest.raises(ValueError, match=r"toy_cls.*defined in both"):
         load_experiments(config_dir)
     _write(
         config_dir / "experiments" / "zz.yaml",
-        {"x": {"method": "toy", "protocol": "p", "datasets": [], "upstream": "nope"}},
+        {"x": {"method": "toy", "protocol": "p", "datasets": ["ksdd"], "upstream": "nope"}},
     )
     with pytest.raises(ValueError, match="unknown upstream experiment 'nope'"):
         load_experiments(config_dir)
+
+
+def test_file_defaults_apply_unless_an_experiment_overrides_them(config_dir: Path) -> None:
+    _write(
+        config_dir / "experiments" / "zz.yaml",
+        {
+            "defaults": {"protocol": "official", "f1_level": "pixel", "datasets": ["dagm"]},
+            "a": {"method": "toy"},
+            "b": {"method": "toy", "f1_level": "image"},
+        },
+    )
+    experiments = load_experiments(config_dir)
+    assert experiments["a"] == {
+        "method": "toy",
+        "protocol": "official",
+        "f1_level": "pixel",
+        "datasets": ["dagm"],
+    }
+    assert experiments["b"]["f1_level"] == "image"
+    assert "defaults" not in experiments
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"method": "toy", "datasets": ["ksdd"]}, "'protocol' is a required property"),
+        (
+            {"method": "toy", "protocol": "p", "datasets": ["ksdd"], "supervision": "x"},
+            "'supervision' was unexpected",
+        ),
+        ({"method": "toy", "protocol": "p", "datasets": ["imagenet"]}, "x.datasets.0"),
+        ({"method": "toy", "protocol": "p", "datasets": ["ksdd"], "threshold": "median"}, "x.threshold"),
+        ({"method": "toy", "protocol": "p", "datasets": ["ksdd"], "f1_level": "box"}, "x.f1_level"),
+    ],
+)
+def test_experiment_schema_names_file_and_key(config_dir: Path, spec: dict, message: str) -> None:
+    _write(config_dir / "experiments" / "zz.yaml", {"x": spec})
+    with pytest.raises(ValueError, match=rf"zz.yaml does not match(.|\n)*{message}"):
+        load_experiments(config_dir)
+
+
+def test_table_cell_on_a_dataset_the_experiment_does_not_list_is_an_error(config_dir: Path) -> None:
+    _write(
+        config_dir / "experiments" / "toy.yaml",
+        {"toy_cam": {"method": "toy", "protocol": "official", "datasets": ["dagm"]}},
+    )
+    config = {"papers": ["toy"], "seeds": [0], "datasets": {"ksdd": {"categories": ["fold0"]}}}
+    with pytest.raises(ValueError, match=r"runs experiment 'toy_cam' on ksdd, which its `datasets:`"):
+        planned_runs(config, config_dir)
 
 
 def test_shipped_configs_are_valid_and_plan_runs() -> None:

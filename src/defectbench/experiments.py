@@ -1,35 +1,19 @@
-"""Experiments, hyper-parameters and the runs the configured papers need: the single source of the rule graph."""
+"""Experiments (config/experiments/*.yaml, checked against their JSON schema) and their resolved hyper-parameters."""
 
 from __future__ import annotations
 
 import copy
-import fnmatch
-import hashlib
-import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
-from defectbench import paths
-
 CONFIG_DIR = Path("config")
-
-
-@dataclass(frozen=True, order=True)
-class Run:
-    """One trained-and-evaluated unit: results/runs/<dataset>/<category>/<experiment>/seed<k>/."""
-
-    dataset: str
-    category: str
-    experiment: str
-    seed: int
-
-    @property
-    def directory(self) -> Path:
-        return Path(paths.RUN_DIR.format(**self.__dict__))
+SCHEMA_PATH = Path("workflow/schemas/experiments.schema.yaml")
+DEFAULTS_KEY = "defaults"  # a file's block merged into each of its experiments (the experiment's keys win)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,12 +44,18 @@ def load_experiments(config_dir: Path = CONFIG_DIR) -> dict[str, dict[str, Any]]
     experiments: dict[str, dict[str, Any]] = {}
     origin: dict[str, Path] = {}
     for path in sorted((config_dir / "experiments").glob("*.yaml")):
-        for name, spec in read_yaml(path).items():
+        content = read_yaml(path)
+        defaults = content.pop(DEFAULTS_KEY, None) or {}
+        if not isinstance(defaults, Mapping):
+            raise ValueError(f"{path}: `{DEFAULTS_KEY}:` must be a mapping of experiment settings")
+        merged = {
+            name: {**defaults, **spec} if isinstance(spec, Mapping) else spec
+            for name, spec in content.items()
+        }
+        _check_schema(path, merged)
+        for name, spec in merged.items():
             if name in experiments:
                 raise ValueError(f"experiment {name!r} is defined in both {origin[name]} and {path}")
-            for key in ("method", "protocol", "datasets"):
-                if key not in spec:
-                    raise ValueError(f"{path}: experiment {name!r} lacks the key {key!r}")
             experiments[name] = spec
             origin[name] = path
     for name, spec in experiments.items():
@@ -97,42 +87,17 @@ def method_params(
     return deep_merge(params, overrides or {})
 
 
-def config_hash(*parts: Any) -> str:
-    """Stable short hash of JSON-serialisable parts (recorded in metrics.json)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+@cache
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-def _selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in include) and not any(
-        fnmatch.fnmatchcase(name, pattern) for pattern in exclude
+def _check_schema(path: Path, experiments: Mapping[str, Any]) -> None:
+    """Every experiment of one file (defaults merged) against experiments.schema.yaml, all errors at once."""
+    errors = sorted(
+        jsonschema.Draft202012Validator(_schema()).iter_errors(dict(experiments)),
+        key=lambda e: list(map(str, e.absolute_path)),
     )
-
-
-def planned_runs(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> list[Run]:
-    """The runs the configured papers' tables and figures need, restricted to the configured datasets,
-    categories, experiments and seeds, plus the upstream runs they depend on."""
-    from defectbench.tables.spec import required_cells
-
-    experiments = load_experiments(config_dir)
-    include = config.get("experiments", ["*"])
-    exclude = config.get("exclude_experiments", [])
-    datasets = config["datasets"]
-    wanted: set[tuple[str, str, str]] = set()
-    for paper in config["papers"]:
-        for cell in required_cells(config_dir / "tables" / f"{paper}.yaml"):
-            name, dataset, category = cell["experiment"], cell["dataset"], cell["category"]
-            if name not in experiments:
-                raise ValueError(f"config/tables/{paper}.yaml names an unknown experiment {name!r}")
-            if _selected(name, include, exclude) and category in datasets.get(dataset, {}).get(
-                "categories", ()
-            ):
-                wanted.add((dataset, category, name))
-    pending = list(wanted)
-    while pending:  # add upstream runs (an upstream is needed even if the config filters it out)
-        dataset, category, name = pending.pop()
-        upstream = experiments[name].get("upstream")
-        if upstream and (dataset, category, upstream) not in wanted:
-            wanted.add((dataset, category, upstream))
-            pending.append((dataset, category, upstream))
-    return sorted(Run(d, c, e, seed) for d, c, e in wanted for seed in config["seeds"])
+    if errors:
+        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+        raise ValueError(f"{path} does not match {SCHEMA_PATH.name}:\n" + "\n".join(lines))

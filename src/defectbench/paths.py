@@ -15,7 +15,6 @@ MODEL = RUN_DIR + "/model.pt"
 TRAIN_LOG = RUN_DIR + "/train_log.csv"
 PREDICTIONS = RUN_DIR + "/predictions.npz"
 METRICS = RUN_DIR + "/metrics.json"
-CHECKPOINT = RUN_DIR + "/checkpoint.pt"  # deleted once training finished
 TRAIN_TIME = RUN_DIR + "/train_time.json"  # seconds and device, read into metrics.json
 PREDICT_TIME = RUN_DIR + "/predict_time.json"
 METRICS_TABLE = "results/metrics.csv"

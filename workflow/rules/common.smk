@@ -3,7 +3,9 @@ from defectbench import paths
 from defectbench.config import validate_config
 from defectbench.data.registry import DATASETS, dataset_entry
 from defectbench.data.splits import protocols_for
-from defectbench.experiments import Run, load_experiments, planned_runs
+from defectbench.data.locations import dataset_dir, is_synthetic
+from defectbench.experiments import load_experiments
+from defectbench.plan import planned_runs
 from defectbench.tables import figure_names
 
 validate_config(config)
@@ -44,12 +46,6 @@ wildcard_constraints:
     paper=r"[^/]+",
 
 
-def run_of(wildcards):
-    return Run(
-        wildcards.dataset, wildcards.category, wildcards.experiment, int(wildcards.seed)
-    )
-
-
 def upstream_models(wildcards):
     """model.pt of the experiment's upstream run (same dataset, category and seed), if it has one."""
     upstream = EXPERIMENTS[wildcards.experiment].get("upstream")
@@ -60,7 +56,7 @@ def upstream_models(wildcards):
 
 def dataset_archives(wildcards):
     """The verified archives a real dataset is extracted from; none for a synthetic one."""
-    if config["datasets"][wildcards.dataset]["source"] == "synthetic":
+    if is_synthetic(wildcards.dataset, config):
         return []
     return [
         paths.ARCHIVE.format(dataset=wildcards.dataset, filename=archive["filename"])

@@ -27,6 +27,8 @@ rule prepare_dataset:
         synthetic=lambda wildcards: config["datasets"][wildcards.dataset].get(
             "synthetic"
         ),
+        target=lambda wildcards: str(dataset_dir(wildcards.dataset, config)),
+        archives=paths.ARCHIVES_DIR,
     script:
         "../scripts/rule.py"
 

@@ -3,10 +3,10 @@
 
 rule evaluate:
     input:
+        unpack(run_inputs),
         predictions=paths.PREDICTIONS,
-        split=lambda w: paths.SPLIT.format(
-            dataset=w.dataset, protocol=EXPERIMENTS[w.experiment]["protocol"]
-        ),
+        train_time=paths.TRAIN_TIME,
+        predict_time=paths.PREDICT_TIME,
     output:
         paths.METRICS,
     log:

@@ -48,25 +48,14 @@ def acquire(
         if entry.get("access") == "manual" and not (target_dir / a["filename"]).exists()
     ]
     if missing:
-        places = "\n".join(f"  {path}" for path in missing)
-        raise DataError(
-            f"dataset {dataset!r} cannot be downloaded automatically; place these files exactly here:\n{places}\n"
-            f"How to get them: {entry.get('manual_instructions') or 'see the dataset page'}"
-        )
+        raise _manual_error(dataset, entry, missing)
     checksums = {}
     for archive in archives:
         path = target_dir / archive["filename"]
-        sha256, size = archive.get("sha256"), archive.get("size")
         if not path.exists():
-            url = overrides.get(archive["filename"], archive.get("url"))
-            if not url:
-                raise DataError(
-                    f"no URL known for {archive['filename']} of {dataset!r}: place the file at {path} "
-                    "or give a URL override"
-                )
-            fetch(url, path, sha256=sha256, size=size)
+            fetch_archive(dataset, entry, archive["filename"], path, overrides)
         # After a fetch this is a cheap look-up of the record written while verifying the download.
-        checksums[path] = verify_file(path, sha256, size)
+        checksums[path] = verify_file(path, archive.get("sha256"), archive.get("size"))
     dataset_dir = Path(datasets_dir) / dataset
     for path, sha256 in checksums.items():
         if is_archive(path):
@@ -76,3 +65,34 @@ def acquire(
                 shutil.copy2(path, tmp)
             log.info("copied %s into %s", path.name, dataset_dir)
     return dataset_dir
+
+
+def fetch_archive(
+    dataset: str,
+    entry: dict[str, Any],
+    filename: str,
+    dest: Path,
+    url_overrides: dict[str, str] | None = None,
+) -> Path:
+    """Download and verify one archive of the registry `entry` to `dest` (the download rule and acquire).
+
+    A manual dataset raises DataError saying where to place the file; an override replaces the registry's URL."""
+    archive = next((a for a in entry.get("archives") or [] if a["filename"] == filename), None)
+    if archive is None:
+        raise ValueError(f"the registry entry of {dataset!r} has no archive {filename!r}")
+    if entry.get("access") == "manual":
+        raise _manual_error(dataset, entry, [Path(dest)])
+    url = (url_overrides or {}).get(filename, archive.get("url"))
+    if not url:
+        raise DataError(
+            f"no URL known for {filename} of {dataset!r}: place the file at {dest} or give a URL override"
+        )
+    return fetch(url, Path(dest), sha256=archive.get("sha256"), size=archive.get("size"))
+
+
+def _manual_error(dataset: str, entry: dict[str, Any], missing: list[Path]) -> DataError:
+    places = "\n".join(f"  {path}" for path in missing)
+    return DataError(
+        f"dataset {dataset!r} cannot be downloaded automatically; place these files exactly here:\n{places}\n"
+        f"How to get them: {entry.get('manual_instructions') or 'see the dataset page'}"
+    )

@@ -36,6 +36,11 @@ class Method(abc.ABC):
         self.seed = seed
         self.workdir = workdir  # where checkpoints of an interrupted fit live; None = no checkpoints
 
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """Where an interrupted fit's checkpoint lives (deleted once training finished); None: no checkpoints."""
+        return self.workdir / "checkpoint.pt" if self.workdir is not None else None
+
     @abc.abstractmethod
     def fit(self, train: list[Sample], val: list[Sample] | None = None) -> list[dict[str, float]]:
         """Train; returns the training log (one dict per epoch or step, written to train_log.csv)."""

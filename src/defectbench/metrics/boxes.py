@@ -22,6 +22,14 @@ Box = Sequence[float | str]
 """(x1, y1, x2, y2, class) in map pixel coordinates; covers columns floor(x1) … ceil(x2) - 1 (at least one)."""
 
 
+def scale_boxes(
+    boxes: Sequence[Box], image_size: tuple[int, int], map_size: tuple[int, int]
+) -> list[tuple[float, float, float, float, str]]:
+    """Boxes in an image of `image_size` = (H, W) moved to the pixel coordinates of a map of `map_size`."""
+    sy, sx = map_size[0] / image_size[0], map_size[1] / image_size[1]
+    return [(x1 * sx, y1 * sy, x2 * sx, y2 * sy, cls) for x1, y1, x2, y2, cls in boxes]
+
+
 def _pixel_span(low: float, high: float, length: int, what: str) -> slice:
     start = max(0, math.floor(low))
     stop = min(length, max(math.ceil(high), math.floor(low) + 1))

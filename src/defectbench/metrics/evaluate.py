@@ -18,6 +18,15 @@ PIXEL_METRICS = ("p_auroc", "p_ap", "pro")
 SEGMENTATION_METRICS = ("iou", "miou", "precision", "recall")
 EXTERNAL_METRICS = ("noc85", "noc90", "latency_ms")
 METRICS = (*IMAGE_METRICS, *COUNT_METRICS, *PIXEL_METRICS, *SEGMENTATION_METRICS, "f1", "box_ap")
+DEFAULT_METRICS = ("i_auroc", "i_ap", "p_auroc", "p_ap", "pro")  # an experiment without `metrics:`
+
+
+def needs_masks(metrics: Iterable[str], f1_level: str = "image") -> bool:
+    """Whether the metrics compare maps with ground-truth masks (so evaluation must read them)."""
+    requested = set(metrics)
+    return bool(requested & {*PIXEL_METRICS, *SEGMENTATION_METRICS}) or (
+        "f1" in requested and f1_level == "pixel"
+    )
 
 
 def evaluate(

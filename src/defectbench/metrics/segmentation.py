@@ -92,6 +92,17 @@ def otsu_thresholds_per_image(maps: np.ndarray) -> np.ndarray:
 ThresholdRule = float | Literal["otsu", "best_f1"]
 
 
+def threshold_rule(spec: str | float) -> ThresholdRule:
+    """An experiment's `threshold:` (`otsu`, `best_f1`, `fixed:<v>` or a number) as threshold_maps takes it."""
+    if isinstance(spec, int | float):
+        return float(spec)
+    if spec.startswith("fixed:"):
+        return float(spec.removeprefix("fixed:"))
+    if spec in ("otsu", "best_f1"):
+        return spec
+    raise ValueError(f"unknown threshold {spec!r}: use otsu, best_f1 or fixed:<value>")
+
+
 def threshold_maps(
     maps: np.ndarray,
     rule: ThresholdRule,

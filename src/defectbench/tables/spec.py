@@ -137,24 +137,31 @@ def figure_names(path: str | os.PathLike) -> list[str]:
     return list(load_spec(path).get("figures") or {})
 
 
-def required_cells(spec: Mapping[str, Any] | str | os.PathLike) -> list[dict]:
-    """Every (experiment, dataset, category) unit a spec's tables and figures need, sorted and unique."""
+def cells_by_output(spec: Mapping[str, Any] | str | os.PathLike) -> dict[str, set[tuple[str, str, str]]]:
+    """(experiment, dataset, category) units each table and figure of a spec needs, by table/figure name."""
     if not isinstance(spec, Mapping):
         spec = load_spec(spec)
-    units: set[tuple[str, str, str]] = set()
 
-    def add(keys: Mapping[str, Any]) -> None:
-        if "experiment" in keys:
-            units.update((keys["experiment"], keys["dataset"], c) for c in categories_of(keys))
+    def units(keys: Mapping[str, Any]) -> set[tuple[str, str, str]]:
+        if "experiment" not in keys:
+            return set()
+        return {(keys["experiment"], keys["dataset"], c) for c in categories_of(keys)}
 
+    outputs: dict[str, set[tuple[str, str, str]]] = {}
     for table in table_specs(spec):
+        outputs[table.name] = set()
         for row in table.rows:
             for column in table.columns:
                 if not row.average_of and not column.average_of:
-                    add(table.cell_keys(row, column))
-    for figure in (spec.get("figures") or {}).values():
-        for _, _, keys in figure_points(figure):
-            add(keys)
+                    outputs[table.name] |= units(table.cell_keys(row, column))
+    for name, figure in (spec.get("figures") or {}).items():
+        outputs.setdefault(name, set()).update(*(units(keys) for _, _, keys in figure_points(figure)))
+    return outputs
+
+
+def required_cells(spec: Mapping[str, Any] | str | os.PathLike) -> list[dict]:
+    """Every (experiment, dataset, category) unit a spec's tables and figures need, sorted and unique."""
+    units = set().union(*cells_by_output(spec).values())
     return [{"experiment": e, "dataset": d, "category": c} for e, d, c in sorted(units)]
 
 

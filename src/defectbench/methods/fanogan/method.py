@@ -218,7 +218,7 @@ class FAnoGAN(Method):
             return {**phase, "patches": len(positions)}
 
         state = {"generator": self.generator, "critic": self.critic, "encoder": self.encoder, **optimizers}
-        checkpoint = self.workdir / "checkpoint.pt" if self.workdir is not None else None
+        checkpoint = self.checkpoint_path
         loop = EpochLoop(p["gan_epochs"] + encoder_epochs, checkpoint, p["checkpoint_every"], desc="f-AnoGAN")
         log = loop.run({**state, "rng": rng}, epoch)
         for network in (self.generator, self.critic, self.encoder):

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from defectbench.data.samples import Sample
 from defectbench.methods.backbones import create_backbone, imagenet_normalize
 from defectbench.methods.base import Method, Predictions, register
+from defectbench.methods.images import load_images
 from defectbench.methods.memory import NearestNeighbours, greedy_coreset, local_patch_features
 
 
@@ -34,8 +35,8 @@ class PatchCore(Method):
         size = tuple(p["input_size"])
         chunks = []
         for start in tqdm(range(0, len(samples), p["batch_size"]), desc="patchcore features", leave=False):
-            batch = np.stack([s.read_image(size) for s in samples[start : start + p["batch_size"]]])
-            images = imagenet_normalize(torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device))
+            batch = load_images(samples[start : start + p["batch_size"]], size)
+            images = imagenet_normalize(batch.to(self.device))
             with torch.no_grad():
                 maps = self.backbone(images)
                 chunks.append(

@@ -15,12 +15,12 @@ from torch.nn import functional as F
 
 from defectbench.data.samples import Sample
 from defectbench.methods.base import Method, Predictions, register
+from defectbench.methods.images import load_images
 from defectbench.methods.racam.cams import CAM_METHODS, cam_maps
 from defectbench.methods.racam.classifier import (
     StagedClassifier,
     build_classifier,
     defect_probability,
-    load_images,
     train_classifier,
 )
 from defectbench.methods.racam.fgbp import filter_gradient, filtering_guided_backprop, percentile_of_positives
@@ -55,7 +55,7 @@ class RegionAwareCAMMethod(Method):
             return []
         seed_everything(self.seed)
         self.classifier = build_classifier(self.params, self.seed)
-        checkpoint = self.workdir / "checkpoint.pt" if self.workdir is not None else None
+        checkpoint = self.checkpoint_path
         return train_classifier(self.classifier, train, self.params, self.device, self.seed, checkpoint)
 
     def predict(self, samples: list[Sample], eval_size: tuple[int, int]) -> Predictions:

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from defectbench.data.samples import Sample
 from defectbench.methods.backbones import create_backbone, imagenet_normalize
+from defectbench.methods.images import load_images
 from defectbench.training import EpochLoop
 
 VGG16_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
@@ -94,13 +95,6 @@ def build_classifier(params: Mapping[str, Any], seed: int) -> StagedClassifier:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return StagedClassifier(_stages_from_layers(layers, slope), channels)
-
-
-def load_images(samples: Sequence[Sample], size: Sequence[int]) -> torch.Tensor:
-    """uint8 (N, 3, H, W) tensor of the samples' images resized to `size` = (H, W)."""
-    height, width = int(size[0]), int(size[1])
-    array = np.stack([sample.read_image((height, width), "RGB") for sample in samples])
-    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
 def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

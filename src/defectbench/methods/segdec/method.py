@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from defectbench.data.images import DataError
 from defectbench.data.samples import Sample
 from defectbench.methods.base import Method, Predictions, register
+from defectbench.methods.images import load_images
 from defectbench.methods.segdec.model import STRIDE, SegDecNet, check_input_size
 from defectbench.methods.segdec.sampling import NegativeSampler
 from defectbench.methods.segdec.targets import segmentation_targets
@@ -97,11 +98,8 @@ class SegDec(Method):
 
     # ---- data ---------------------------------------------------------------------------------------------
     def _images(self, samples: Sequence[Sample]) -> torch.Tensor:
-        mode = "L" if self.channels == 1 else "RGB"
-        arrays = np.stack([s.read_image(size=self.input_size, mode=mode) for s in samples])
-        if self.channels == 1:
-            arrays = arrays[..., None]
-        return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0).to(self.device)
+        images = load_images(samples, self.input_size, "L" if self.channels == 1 else "RGB")
+        return images.float().div_(255.0).to(self.device)
 
     def _targets(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
@@ -179,7 +177,7 @@ class SegDec(Method):
                 best.offer(row["val_ap"], self.model)
             return row
 
-        checkpoint = self.workdir / "checkpoint.pt" if self.workdir is not None else None
+        checkpoint = self.checkpoint_path
         loop = EpochLoop(epochs, checkpoint, every=int(p.get("checkpoint_every", 5)), desc="segdec")
         log = loop.run(
             {"model": self.model, "optimizer": optimizer, "sampler": sampler, "best": best}, run_epoch

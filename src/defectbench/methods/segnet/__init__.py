@@ -21,7 +21,7 @@ from defectbench.data.images import DataError
 from defectbench.data.samples import Sample
 from defectbench.methods.backbones import imagenet_normalize, weights_path
 from defectbench.methods.base import Method, Predictions, register
-from defectbench.methods.racam.classifier import load_images
+from defectbench.methods.images import load_images
 from defectbench.metrics import otsu_thresholds_per_image
 from defectbench.training import EpochLoop, seed_everything
 
@@ -122,7 +122,7 @@ class SegmentationNetwork(Method):
                 total += loss.item() * len(index)
             return {"loss": total / len(order)}
 
-        checkpoint = self.workdir / "checkpoint.pt" if self.workdir is not None else None
+        checkpoint = self.checkpoint_path
         state = {"network": network, "optimizer": optimizer, "order": order_rng}
         log = EpochLoop(
             int(self.params["epochs"]), checkpoint, desc=f"segnet {self.params['architecture']}"

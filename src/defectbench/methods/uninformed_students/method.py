@@ -157,7 +157,7 @@ class UninformedStudents(Method):
                 losses.append(loss.item() / len(self.students))
             return {"loss": float(np.mean(losses)), "train_images": len(images)}
 
-        checkpoint = self.workdir / "checkpoint.pt" if self.workdir is not None else None
+        checkpoint = self.checkpoint_path
         loop = EpochLoop(p["epochs"], checkpoint, p["checkpoint_every"], desc="uninformed students")
         log = loop.run({"students": self.students, "optimizer": optimizer, "generator": generator}, epoch)
         error, variance = self._ensemble_maps(images)

@@ -1,6 +1,7 @@
 """What each Snakemake rule does, in one function per rule; `workflow/scripts/rule.py` dispatches to them.
 
-Each function receives Snakemake's `snakemake` object (input, output, wildcards, config, threads, log).
+Each function receives Snakemake's `snakemake` object and reads the files the rule declares (input, output,
+params); no path is rebuilt here from `defectbench.paths`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from defectbench import paths
 from defectbench.io import write_json
 
 RuleFunction = Callable[[Any], None]
@@ -43,44 +43,50 @@ def run_rule(smk: Any) -> None:
 
 
 def _run(smk: Any) -> Any:
-    from defectbench.experiments import Run
+    from defectbench.plan import Run
 
     w = smk.wildcards
     return Run(w.dataset, w.category, w.experiment, int(w.seed))
 
 
+def _run_inputs(smk: Any) -> Any:
+    """The run's declared inputs; `upstream` is an empty list for an experiment without one."""
+    from defectbench.run import RunInputs
+
+    upstream = list(smk.input.upstream)
+    return RunInputs(
+        Path(smk.input.dataset),
+        Path(smk.input.manifest),
+        Path(smk.input.split),
+        Path(upstream[0]) if upstream else None,
+    )
+
+
 @rule
 def download(smk: Any) -> None:
-    from defectbench.data.download import fetch
+    from defectbench.data.acquire import fetch_archive
     from defectbench.data.registry import dataset_entry
 
-    dataset, filename = smk.wildcards.dataset, smk.wildcards.filename
-    entry = dataset_entry(dataset)
-    archive = next(a for a in entry["archives"] if a["filename"] == filename)
-    if entry["access"] == "manual":
-        from defectbench.data.images import DataError
-
-        raise DataError(
-            f"{dataset} cannot be downloaded automatically: place {filename} at {smk.output[0]}.\n"
-            f"How to get it: {entry['manual_instructions']}"
-        )
-    url = (smk.config["datasets"][dataset].get("urls") or {}).get(filename, archive["url"])
-    fetch(url, Path(smk.output[0]), sha256=archive["sha256"], size=archive["size"])
+    dataset = smk.wildcards.dataset
+    fetch_archive(
+        dataset,
+        dataset_entry(dataset),
+        smk.wildcards.filename,
+        Path(smk.output[0]),
+        smk.config["datasets"][dataset].get("urls"),
+    )
 
 
 @rule
 def prepare_dataset(smk: Any) -> None:
     """Extract the verified archives into resources/datasets/<dataset>/, or synthesize the demo dataset into
-    resources/synthetic/<dataset>/."""
-    from defectbench import runner
-
+    resources/synthetic/<dataset>/; the .ready file names the folder."""
     dataset = smk.wildcards.dataset
-    settings = smk.config["datasets"][dataset]
-    target = runner.dataset_dir(dataset, smk.config)
-    if settings["source"] == "synthetic":
+    target = Path(smk.params.target)
+    if smk.params.source == "synthetic":
         from defectbench.data.synthetic import synthesize
 
-        synthesize(dataset, target, **(settings.get("synthetic") or {}))
+        synthesize(dataset, target, **(smk.params.synthetic or {}))
     else:
         from defectbench.data.acquire import acquire
         from defectbench.data.registry import dataset_entry
@@ -88,64 +94,75 @@ def prepare_dataset(smk: Any) -> None:
         acquire(
             dataset,
             dataset_entry(dataset),
-            Path(paths.ARCHIVES_DIR),
-            Path(paths.DATASETS_DIR),
-            url_overrides=settings.get("urls"),
+            Path(smk.params.archives),
+            target.parent,
+            url_overrides=smk.config["datasets"][dataset].get("urls"),
         )
-    write_json(smk.output[0], {"source": settings["source"], "path": str(target)})
+    write_json(smk.output[0], {"source": smk.params.source, "path": str(target)})
 
 
 @rule
 def index(smk: Any) -> None:
     from defectbench.data.indexers import write_manifest
-    from defectbench.runner import dataset_root
+    from defectbench.data.locations import is_synthetic, ready_root
 
     dataset = smk.wildcards.dataset
-    root = dataset_root(dataset, smk.config)
-    real = smk.config["datasets"][dataset]["source"] != "synthetic"
-    write_manifest(dataset, root, Path(smk.output[0]), check_counts=real)
+    root = ready_root(dataset, smk.input[0])
+    write_manifest(dataset, root, Path(smk.output[0]), check_counts=not is_synthetic(dataset, smk.config))
 
 
 @rule
 def split(smk: Any) -> None:
+    from defectbench.data.locations import is_synthetic
     from defectbench.data.splits import write_split
 
     dataset = smk.wildcards.dataset
-    synthetic = smk.config["datasets"][dataset]["source"] == "synthetic"
-    write_split(Path(smk.output[0]), dataset, smk.wildcards.protocol, Path(smk.input[0]), synthetic=synthetic)
+    write_split(
+        Path(smk.output[0]),
+        dataset,
+        smk.wildcards.protocol,
+        Path(smk.input[0]),
+        synthetic=is_synthetic(dataset, smk.config),
+    )
 
 
 @rule
 def train(smk: Any) -> None:
-    from defectbench import runner
+    from defectbench import run
 
-    runner.train(_run(smk), smk.config, threads=smk.threads)
+    out = smk.output
+    run.train(
+        _run(smk), smk.config, _run_inputs(smk), Path(out.model), Path(out.log), Path(out.time), smk.threads
+    )
 
 
 @rule
 def predict(smk: Any) -> None:
-    from defectbench import runner
+    from defectbench import run
 
-    runner.predict(_run(smk), smk.config, threads=smk.threads)
+    out = smk.output
+    run.predict(
+        _run(smk), smk.config, _run_inputs(smk), Path(smk.input.model), Path(out.predictions), Path(out.time),
+        smk.threads,
+    )  # fmt: skip
 
 
 @rule
 def evaluate(smk: Any) -> None:
-    from defectbench import runner
+    from defectbench import run
 
-    runner.evaluate(_run(smk), smk.config)
+    inp = smk.input
+    run.evaluate(
+        _run(smk), smk.config, _run_inputs(smk), Path(inp.predictions), Path(inp.train_time),
+        Path(inp.predict_time), Path(smk.output[0]),
+    )  # fmt: skip
 
 
 @rule
 def collect(smk: Any) -> None:
-    from defectbench import runner
+    from defectbench.tables.collect import collect
 
-    runner.collect([Path(p) for p in smk.input], Path(smk.output[0]), smk.config)
-
-
-def is_synthetic(config: dict[str, Any]) -> bool:
-    """Whether any measured number of the configured run comes from synthetic data (tables carry a banner)."""
-    return any(settings["source"] == "synthetic" for settings in config["datasets"].values())
+    collect([Path(p) for p in smk.input], Path(smk.output[0]), smk.config)
 
 
 def _selected_units(config: dict[str, Any]) -> dict[str, list[str]]:
@@ -154,6 +171,7 @@ def _selected_units(config: dict[str, Any]) -> dict[str, list[str]]:
 
 @rule
 def tables(smk: Any) -> None:
+    from defectbench.data.locations import any_synthetic
     from defectbench.tables import render_paper
 
     render_paper(
@@ -161,14 +179,15 @@ def tables(smk: Any) -> None:
         smk.input.spec,
         smk.input.published,
         smk.input.metrics,
-        paths.TABLES_ROOT,
-        synthetic=is_synthetic(smk.config),
+        Path(smk.output[0]).parent,
+        synthetic=any_synthetic(smk.config),
         selected=_selected_units(smk.config),
     )
 
 
 @rule
 def figures(smk: Any) -> None:
+    from defectbench.data.locations import any_synthetic
     from defectbench.tables import render_figures
 
     render_figures(
@@ -176,8 +195,8 @@ def figures(smk: Any) -> None:
         smk.input.spec,
         smk.input.published,
         smk.input.metrics,
-        paths.FIGURES_ROOT,
-        synthetic=is_synthetic(smk.config),
+        Path(smk.output[0]).parent,
+        synthetic=any_synthetic(smk.config),
         selected=_selected_units(smk.config),
     )
 
@@ -185,7 +204,7 @@ def figures(smk: Any) -> None:
 @rule
 def run_info(smk: Any) -> None:
     from defectbench.io import write_text
-    from defectbench.runner import git_commit
+    from defectbench.provenance import git_commit
 
     packages = ["defectbench", "torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "pandas",
                 "faiss-cpu", "segmentation-models-pytorch", "grad-cam", "snakemake"]  # fmt: skip

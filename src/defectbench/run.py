@@ -1,0 +1,259 @@
+"""Train, predict and evaluate one run (dataset, unit, experiment, seed) from the files its rule declares."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from defectbench.data.images import DataError
+from defectbench.data.locations import is_synthetic, ready_root
+from defectbench.data.samples import Sample, load_samples
+from defectbench.experiments import CONFIG_DIR, load_experiments, method_params
+from defectbench.io import atomic_path, write_csv, write_json
+from defectbench.plan import Run
+from defectbench.predictions import Predictions
+from defectbench.provenance import config_hash, git_commit
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """The files a run reads, as its rule declares them (snakemake.input)."""
+
+    dataset_ready: (
+        Path  # resources/<dataset>.ready: names the folder the dataset was extracted or synthesized to
+    )
+    manifest: Path
+    split: Path
+    upstream_model: Path | None = None  # model.pt of the experiment's `upstream:` run
+
+
+class RunContext:
+    """Everything resolved for one run: experiment, hyper-parameters, samples."""
+
+    def __init__(self, run: Run, config: Mapping[str, Any], inputs: RunInputs, config_dir: Path = CONFIG_DIR):
+        self.run = run
+        self.config = config
+        self.inputs = inputs
+        self.experiment = load_experiments(config_dir)[run.experiment]
+        self.method = self.experiment["method"]
+        self.params = method_params(
+            self.method, run.dataset, config["scale"], self.experiment.get("params"), config_dir
+        )
+        self.eval_size = tuple(config["datasets"][run.dataset]["eval_size"])
+        self.config_dir = config_dir
+
+    def samples(self) -> dict[str, list[Sample]]:
+        return load_samples(
+            self.inputs.manifest,
+            self.inputs.split,
+            ready_root(self.run.dataset, self.inputs.dataset_ready),
+            self.run.category,
+        )
+
+    def eval_samples(self) -> list[Sample]:
+        subset = self.experiment.get("eval_subset", "test")
+        samples = self.samples().get(subset)
+        if not samples:
+            raise DataError(
+                f"split {self.experiment['protocol']} of {self.run.dataset} has no {subset!r} images"
+            )
+        return samples
+
+    def upstream_params(self) -> tuple[str, dict[str, Any]]:
+        """(method, resolved hyper-parameters) of the experiment's upstream run."""
+        upstream = load_experiments(self.config_dir)[self.experiment["upstream"]]
+        params = method_params(
+            upstream["method"],
+            self.run.dataset,
+            self.config["scale"],
+            upstream.get("params"),
+            self.config_dir,
+        )
+        return upstream["method"], params
+
+    def hash(self) -> str:
+        return config_hash(self.experiment, self.params, self.config["datasets"][self.run.dataset])
+
+
+def _load_method(name: str, params: Mapping[str, Any], model: Path, seed: int, device: Any) -> Any:
+    import torch
+
+    from defectbench.methods.base import build
+
+    saved = torch.load(model, map_location="cpu", weights_only=False)
+    method = build(name, params, device, seed, model.parent)
+    method.load_state_dict(saved["state"])
+    return method
+
+
+def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> Any:
+    """The run's method with its upstream attached: freshly built to fit (fit=True) or loaded from `model`."""
+    from defectbench.methods.base import build
+
+    run = context.run
+    if fit:
+        method = build(context.method, context.params, device, run.seed, model.parent)
+    else:
+        method = _load_method(context.method, context.params, model, run.seed, device)
+    if context.experiment.get("upstream"):
+        if context.inputs.upstream_model is None:
+            raise ValueError(f"{run.experiment} has an upstream experiment but no upstream model was given")
+        name, params = context.upstream_params()
+        method.upstream = _load_method(name, params, Path(context.inputs.upstream_model), run.seed, device)
+    return method
+
+
+def train(
+    run: Run,
+    config: Mapping[str, Any],
+    inputs: RunInputs,
+    model: Path,
+    train_log: Path,
+    train_time: Path,
+    threads: int = 1,
+) -> Path:
+    """Fit the run's method on its training subset; writes model.pt, train_log.csv and the training time."""
+    import torch
+
+    from defectbench.runtime.gpu import gpu_lease, torch_device
+    from defectbench.training import seed_everything
+
+    torch.set_num_threads(threads)
+    context = RunContext(run, config, inputs)
+    subsets = context.samples()
+    if not subsets.get("train"):
+        raise DataError(
+            f"split {context.experiment['protocol']} of {run.dataset}/{run.category} has no training images"
+        )
+    model = Path(model)
+    model.parent.mkdir(parents=True, exist_ok=True)
+    with gpu_lease() as leased:
+        device = torch_device(leased)
+        seed_everything(run.seed)
+        method = _fitted_method(context, device, model, fit=True)
+        started = time.perf_counter()
+        log = method.fit(subsets["train"], subsets.get("val"))
+        seconds = time.perf_counter() - started
+        payload = {"method": context.method, "params": context.params, "state": method.state_dict()}
+    with atomic_path(model) as tmp:
+        torch.save(payload, tmp)
+    write_csv(train_log, pd.DataFrame(log or [{"epoch": 0}]))
+    write_json(train_time, {"seconds": seconds, "device": str(device)})
+    if method.checkpoint_path is not None:
+        method.checkpoint_path.unlink(missing_ok=True)
+    return model
+
+
+def predict(
+    run: Run,
+    config: Mapping[str, Any],
+    inputs: RunInputs,
+    model: Path,
+    predictions: Path,
+    predict_time: Path,
+    threads: int = 1,
+) -> Path:
+    """Maps and scores of the evaluation subset from model.pt; writes predictions.npz and the prediction time."""
+    import torch
+
+    from defectbench.runtime.gpu import gpu_lease, torch_device
+
+    torch.set_num_threads(threads)
+    context = RunContext(run, config, inputs)
+    samples = context.eval_samples()
+    with gpu_lease() as leased:
+        device = torch_device(leased)
+        method = _fitted_method(context, device, Path(model), fit=False)
+        started = time.perf_counter()
+        predicted = method.predict(samples, context.eval_size)  # methods choose no_grad themselves
+        seconds = time.perf_counter() - started
+    if list(predicted.image_id) != [s.image_id for s in samples]:
+        raise RuntimeError(f"{context.method}.predict returned images in another order than it was given")
+    if predicted.maps.shape[1:] != context.eval_size:
+        raise RuntimeError(
+            f"{context.method}.predict returned maps of {predicted.maps.shape[1:]}, not {context.eval_size}"
+        )
+    predicted.save(predictions)
+    write_json(predict_time, {"seconds": seconds, "device": str(device), "n": len(samples)})
+    return Path(predictions)
+
+
+def evaluate(
+    run: Run,
+    config: Mapping[str, Any],
+    inputs: RunInputs,
+    predictions: Path,
+    train_time: Path,
+    predict_time: Path,
+    metrics: Path,
+) -> Path:
+    """Metrics of the predictions against the ground truth; writes metrics.json (docs/DESIGN.md contract)."""
+    from defectbench.metrics import DEFAULT_METRICS, needs_masks, scale_boxes, threshold_rule
+    from defectbench.metrics import evaluate as compute_metrics
+
+    context = RunContext(run, config, inputs)
+    samples = context.eval_samples()
+    predicted = Predictions.load(predictions)
+    if list(predicted.image_id) != [s.image_id for s in samples]:
+        raise DataError(f"{predictions} does not match the split's images; re-run predict")
+    experiment = context.experiment
+    names = experiment.get("metrics", list(DEFAULT_METRICS))
+    f1_level = experiment.get("f1_level", "image")
+    size = predicted.maps.shape[1:]
+    masks = np.stack([sample.read_mask(size) for sample in samples]) if needs_masks(names, f1_level) else None
+    boxes = [scale_boxes(s.boxes, (s.height, s.width), size) for s in samples] if "box_ap" in names else None
+    labels = np.array([sample.label for sample in samples])
+    started = time.perf_counter()
+    values = compute_metrics(
+        predicted.score,
+        labels,
+        predicted.maps,
+        masks,
+        names,
+        boxes=boxes,
+        threshold=threshold_rule(experiment.get("threshold", "otsu")),
+        f1_level=f1_level,
+    )
+    trained, predicted_time = read_timing(train_time), read_timing(predict_time)
+    result = {
+        "dataset": run.dataset,
+        "category": run.category,
+        "experiment": run.experiment,
+        "seed": run.seed,
+        "method": context.method,
+        "metrics": {k: float(v) for k, v in values.items()},
+        "n_images": len(samples),
+        "n_defective": int(labels.sum()),
+        "wall_time_s": {
+            "train": trained["seconds"],
+            "predict": predicted_time["seconds"],
+            "evaluate": time.perf_counter() - started,
+        },
+        "device": predicted_time.get("device", "unknown"),
+        "synthetic": is_synthetic(run.dataset, config),
+        "scale": config["scale"],
+        "git_commit": git_commit(),
+        "config_hash": context.hash(),
+        "python": platform.python_version(),
+    }
+    return write_json(metrics, result)
+
+
+def read_timing(path: Path) -> dict[str, Any]:
+    """A train_time.json / predict_time.json; DataError naming the file when it is missing or malformed."""
+    try:
+        timing = json.loads(Path(path).read_text())
+        float(timing["seconds"])
+    except FileNotFoundError as err:
+        raise DataError(f"{path} is missing; re-run the job that writes it (train or predict)") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path} is malformed ({err}); delete it and re-run the job that writes it") from err
+    return timing
