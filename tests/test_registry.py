@@ -7,15 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from defectbench.data.registry import DATASETS, dataset_entry, dataset_root, load_registry
+from defectbench.data.datasets import dataset_names, get_dataset
+from defectbench.data.registry import dataset_entry, dataset_root, load_registry
 from defectbench.data.synthetic import generator_options
 
 
 def test_registry_has_every_dataset_with_the_contract_keys() -> None:
     registry = load_registry()
-    assert sorted(registry) == sorted(DATASETS)
+    assert list(registry) == dataset_names() == [
+        "mvtec_ad", "visa", "btad", "ksdd", "ksdd2", "dagm", "severstal", "rdd2020", "rdd2022",
+    ]  # fmt: skip
     for name, entry in registry.items():
-        assert entry["parser"] == name
+        assert get_dataset(name).entry == entry
         assert entry["access"] in ("download", "manual")
         assert entry["archives"], name
         for archive in entry["archives"]:
@@ -80,3 +83,13 @@ def test_dataset_root_joins_the_registry_root(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dataset", ["mvtec_ad", "visa", "btad", "dagm"])
 def test_generator_default_categories_are_registry_categories(dataset: str) -> None:
     assert set(generator_options(dataset)["categories"]) <= set(dataset_entry(dataset)["categories"])
+
+
+def test_dataset_objects_list_protocols_units_and_refuse_unknown_names() -> None:
+    assert get_dataset("ksdd").units == ["fold0", "fold1", "fold2"]
+    assert get_dataset("dagm").units[:2] == ["Class1", "Class2"]
+    assert get_dataset("severstal").split_builder("segdec_nall1000_n250") is not None  # beyond the grid
+    with pytest.raises(ValueError, match="protocol 'segdec_nall1000' does not apply to severstal"):
+        get_dataset("severstal").split_builder("segdec_nall1000")
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; valid: mvtec_ad"):
+        get_dataset("imagenet")

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from defectbench.data.datasets import dataset_names
 from defectbench.data.images import decode_rle
-from defectbench.data.synthetic import GENERATORS, MARKER_NAME, generator_options, synthesize
+from defectbench.data.synthetic import MARKER_NAME, generator_options, synthesize
 
 TINY = {
     "mvtec_ad": {"image_size": 48, "n_train": 3, "n_test_good": 2, "n_test_per_defect": 2},
@@ -41,7 +42,7 @@ def _grey(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"), dtype=np.float32)
 
 
-@pytest.mark.parametrize("dataset", sorted(GENERATORS))
+@pytest.mark.parametrize("dataset", sorted(dataset_names()))
 def test_same_seed_gives_identical_bytes(tmp_path: Path, dataset: str) -> None:
     for folder, seed in (("a", 3), ("b", 3), ("c", 4)):
         synthesize(dataset, tmp_path / folder, seed=seed, **TINY[dataset])

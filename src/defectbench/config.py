@@ -10,9 +10,6 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
-FOLD_UNITS = {
-    "ksdd": ["fold0", "fold1", "fold2"]
-}  # cross-validated datasets: units are folds, not categories
 
 
 class ConfigError(ValueError):
@@ -21,17 +18,23 @@ class ConfigError(ValueError):
 
 def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
     schema = yaml.safe_load(Path(schema_path).read_text())
+    from defectbench.data.datasets import dataset_names, get_dataset
+
     errors = sorted(
         jsonschema.Draft202012Validator(schema).iter_errors(config),
         key=lambda e: list(map(str, e.absolute_path)),
     )
-    if errors:
-        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+    lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+    known = dataset_names()
+    lines += [
+        f"  datasets: {name!r} is not a known dataset; valid: {', '.join(known)}"
+        for name in (config.get("datasets") or {})
+        if isinstance(config.get("datasets"), Mapping) and name not in known
+    ]
+    if lines:
         raise ConfigError(f"invalid config (schema {schema_path}):\n" + "\n".join(lines))
-    from defectbench.data.registry import dataset_entry
-
     for name, settings in config["datasets"].items():
-        valid = FOLD_UNITS.get(name) or dataset_entry(name)["categories"]
+        valid = get_dataset(name).units
         unknown = [c for c in settings["categories"] if c not in valid]
         if unknown:
             raise ConfigError(

@@ -98,6 +98,15 @@ def _check_schema(path: Path, experiments: Mapping[str, Any]) -> None:
         jsonschema.Draft202012Validator(_schema()).iter_errors(dict(experiments)),
         key=lambda e: list(map(str, e.absolute_path)),
     )
-    if errors:
-        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+    from defectbench.data.datasets import dataset_names
+
+    lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+    known = dataset_names()
+    for name, spec in experiments.items():
+        for k, dataset in enumerate(spec.get("datasets") or [] if isinstance(spec, Mapping) else []):
+            if dataset not in known:
+                lines.append(
+                    f"  {name}.datasets.{k}: {dataset!r} is not a known dataset; valid: {', '.join(known)}"
+                )
+    if lines:
         raise ValueError(f"{path} does not match {SCHEMA_PATH.name}:\n" + "\n".join(lines))

@@ -1,7 +1,8 @@
 # Everything the rules need to know, derived once from the config, the experiments and the table specs.
 from defectbench import paths
 from defectbench.config import validate_config
-from defectbench.data.registry import DATASETS, dataset_entry
+from defectbench.data.datasets import dataset_names
+from defectbench.data.registry import dataset_entry
 from defectbench.data.splits import protocols_for
 from defectbench.data.locations import dataset_dir, is_synthetic
 from defectbench.experiments import load_experiments
@@ -38,7 +39,7 @@ FIGURE_DIRS = [paths.FIGURES_DIR.format(paper=paper) for paper in PAPERS_WITH_FI
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset="|".join(dataset_names()),
     seed=r"\d+",
     category=r"[^/]+",
     experiment=r"[^/]+",

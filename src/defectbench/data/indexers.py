@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,11 @@ def index_dataset(dataset: str, root: str | Path, check_counts: bool) -> pd.Data
 
     With `check_counts` (real data) the counts are compared with the registry; a mismatch raises DataError.
     """
-    entry = _entry(dataset)
+    from defectbench.data.datasets import get_dataset
+
+    kind = get_dataset(dataset)
     root = locate_root(dataset, root)
-    drafts = PARSERS[entry["parser"]](root)
-    may_skip = KSDD_KNOWN_BROKEN if dataset == "ksdd" else frozenset()
-    frame, skipped = _finalise(root, drafts, may_skip)
+    frame, skipped = _finalise(root, kind.parse(root), kind.may_skip)
     if check_counts:
         _check_counts(dataset, root, frame, skipped)
     return frame
@@ -71,9 +71,11 @@ def locate_root(dataset: str, root: str | Path) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: extract (or synthesize) the {dataset} dataset there first")
-    marker = _LAYOUT_MARKERS[dataset]
+    from defectbench.data.datasets import get_dataset
+
+    marker = get_dataset(dataset).has_layout
     first = root / _entry(dataset)["root"]
-    candidates = [first, root, *_subdirs(root), *(sub for top in _subdirs(root) for sub in _subdirs(top))]
+    candidates = [first, root, *subdirs(root), *(sub for top in subdirs(root) for sub in subdirs(top))]
     for candidate in candidates:
         if candidate.is_dir() and marker(candidate):
             return candidate
@@ -86,7 +88,7 @@ def locate_root(dataset: str, root: str | Path) -> Path:
 # --- parsers: root -> drafts -------------------------------------------------------------------------------------
 def parse_mvtec_ad(root: Path) -> list[Draft]:
     drafts = []
-    for category_dir in _subdirs(root):
+    for category_dir in subdirs(root):
         if not (category_dir / "train" / "good").is_dir():
             continue
         category = category_dir.name
@@ -95,7 +97,7 @@ def parse_mvtec_ad(root: Path) -> list[Draft]:
             for path in _images(category_dir / "train" / "good")
         ]
         test_dir = _require_dir(category_dir / "test")
-        for defect_dir in _subdirs(test_dir):
+        for defect_dir in subdirs(test_dir):
             for path in _images(defect_dir):
                 if defect_dir.name == "good":
                     drafts.append(_draft(root, path, category, "test", 0, "", None))
@@ -108,7 +110,7 @@ def parse_mvtec_ad(root: Path) -> list[Draft]:
 def parse_visa(root: Path) -> list[Draft]:
     split_rows = _visa_split_rows(root)
     drafts = []
-    for category_dir in _subdirs(root):
+    for category_dir in subdirs(root):
         images_dir = category_dir / "Data" / "Images"
         if not images_dir.is_dir():
             continue
@@ -142,7 +144,7 @@ def parse_visa(root: Path) -> list[Draft]:
 
 def parse_btad(root: Path) -> list[Draft]:
     drafts = []
-    for category_dir in _subdirs(root):
+    for category_dir in subdirs(root):
         if not (category_dir / "train").is_dir():
             continue
         category = category_dir.name
@@ -165,7 +167,7 @@ def parse_btad(root: Path) -> list[Draft]:
 
 def parse_ksdd(root: Path) -> list[Draft]:
     drafts = []
-    for item_dir in _subdirs(root):
+    for item_dir in subdirs(root):
         if not re.fullmatch(r"kos\d+", item_dir.name):
             continue
         for path in _images(item_dir, (".jpg",)):
@@ -214,7 +216,7 @@ def parse_ksdd2(root: Path) -> list[Draft]:
 
 def parse_dagm(root: Path) -> list[Draft]:
     drafts = []
-    class_dirs = [d for d in _subdirs(root) if re.fullmatch(r"Class\d+", d.name)]
+    class_dirs = [d for d in subdirs(root) if re.fullmatch(r"Class\d+", d.name)]
     for class_dir in sorted(class_dirs, key=lambda d: int(d.name.removeprefix("Class"))):
         for split_dir in (class_dir / "Train", class_dir / "Test"):
             label_dir = split_dir / "Label"
@@ -264,42 +266,17 @@ def parse_severstal(root: Path) -> list[Draft]:
 
 
 def parse_rdd2020(root: Path) -> list[Draft]:
-    countries = [d for d in _subdirs(_require_dir(root / "train")) if (d / "images").is_dir()]
+    countries = [d for d in subdirs(_require_dir(root / "train")) if (d / "images").is_dir()]
     return [draft for country in countries for draft in _rdd_country(root, country, country.name, "rdd2020")]
 
 
 def parse_rdd2022(root: Path) -> list[Draft]:
-    countries = [d for d in _subdirs(root) if (d / "train" / "images").is_dir()]
+    countries = [d for d in subdirs(root) if (d / "train" / "images").is_dir()]
     return [
         draft
         for country in countries
         for draft in _rdd_country(root, country / "train", country.name, "rdd2022")
     ]
-
-
-PARSERS: dict[str, Callable[[Path], list[Draft]]] = {
-    "mvtec_ad": parse_mvtec_ad,
-    "visa": parse_visa,
-    "btad": parse_btad,
-    "ksdd": parse_ksdd,
-    "ksdd2": parse_ksdd2,
-    "dagm": parse_dagm,
-    "severstal": parse_severstal,
-    "rdd2020": parse_rdd2020,
-    "rdd2022": parse_rdd2022,
-}
-
-_LAYOUT_MARKERS: dict[str, Callable[[Path], bool]] = {
-    "mvtec_ad": lambda d: any((c / "train" / "good").is_dir() for c in _subdirs(d)),
-    "visa": lambda d: any((c / "Data" / "Images").is_dir() for c in _subdirs(d)),
-    "btad": lambda d: any((d / c / "train").is_dir() for c in ("01", "02", "03")),
-    "ksdd": lambda d: any(re.fullmatch(r"kos\d+", c.name) for c in _subdirs(d)),
-    "ksdd2": lambda d: (d / "train").is_dir() and (d / "test").is_dir(),
-    "dagm": lambda d: any(re.fullmatch(r"Class\d+", c.name) for c in _subdirs(d)),
-    "severstal": lambda d: (d / "train.csv").is_file() and (d / "train_images").is_dir(),
-    "rdd2020": lambda d: any((c / "images").is_dir() for c in _subdirs(d / "train")),
-    "rdd2022": lambda d: any((c / "train" / "images").is_dir() for c in _subdirs(d)),
-}
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
@@ -310,7 +287,7 @@ def _entry(dataset: str) -> dict[str, Any]:
         raise ValueError(str(err)) from err
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def subdirs(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

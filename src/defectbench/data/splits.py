@@ -16,7 +16,7 @@ import functools
 import json
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path, PurePosixPath
@@ -28,7 +28,6 @@ from defectbench.data.images import DataError
 from defectbench.data.samples import MANIFEST_COLUMNS, SPLIT_COLUMNS, read_table
 from defectbench.io import write_csv
 
-DATASETS = ("mvtec_ad", "visa", "btad", "ksdd", "ksdd2", "dagm", "severstal", "rdd2020", "rdd2022")
 SHIPPED_SHA256 = {
     "2cls_highshot.csv": "c3331eede15f2da8a75b380d4fbfb24f75ee036ec9a25147eca898da6e972f09",
     "1cls.csv": "a48557e6033318cb90556f706196bc9d247a776a23ea51aecee5a80dd0332995",
@@ -55,24 +54,14 @@ RDD_CLASSES = ("D00", "D10", "D20", "D40")
 RDD_TRAIN_TENTHS = 7
 SUBSET_ORDER = {"train": 0, "val": 1, "test": 2}
 _SEVERSTAL_PATTERN = re.compile(r"segdec_nall(\d+)_n(\d+)")
+Builder = Callable[[pd.DataFrame, bool, int], pd.DataFrame]  # (manifest, synthetic, seed) -> split rows
 
 
 def protocols_for(dataset: str) -> list[str]:
     """The protocol names that apply to `dataset` (DEVELOPING.md); Severstal lists the paper's (N_all, N) grid."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    if dataset.startswith("rdd"):
-        return ["rdd_70_30"]
-    names = ["official", "unsupervised"]
-    if dataset in ("mvtec_ad", "btad", "ksdd2"):
-        names.append("supervised10")
-    if dataset == "visa":
-        names.append("visa_2cls_highshot")
-    if dataset in SEGDEC_N:
-        names += [f"segdec_n{n}" for n in SEGDEC_N[dataset]]
-    if dataset == "severstal":
-        names += [f"segdec_nall{a}_n{n}" for a in SEVERSTAL_NALL for n in SEVERSTAL_N if n <= a]
-    return names
+    from defectbench.data.datasets import get_dataset
+
+    return list(get_dataset(dataset).protocols)
 
 
 def make_split(
@@ -80,6 +69,7 @@ def make_split(
 ) -> pd.DataFrame:
     """The split table of `protocol` on `manifest` (columns `SPLIT_COLUMNS`), deterministic for a given seed.
 
+    The dataset's object (defectbench.data.datasets) maps each protocol name to its builder here:
     - `official`: the manifest's train/test, every mask usable. KolektorSDD has no official test set: its official
       split is the 3-fold cross-validation with all masks (= `segdec_n33`); Severstal has no labelled test set: its
       official split is the Severstal protocol below with every training class-3 positive pixel-labelled.
@@ -87,40 +77,12 @@ def make_split(
       negatives) and the official test set. VisA instead takes the normal training images and the test set of
       2cls_highshot, so that unsupervised and supervised methods are compared on one and the same test set.
     - `visa_2cls_highshot`, `supervised10`, `segdec_n{N}`, `segdec_nall{A}_n{N}`, `rdd_70_30`: see the functions
-      they dispatch to.
+      they dispatch to. Severstal also accepts any `segdec_nall{A}_n{N}` beyond its listed grid.
     """
-    frame = _checked_manifest(manifest)
-    match = _SEVERSTAL_PATTERN.fullmatch(protocol) if dataset == "severstal" else None
-    if protocol not in protocols_for(dataset) and match is None:
-        raise ValueError(
-            f"protocol {protocol!r} does not apply to {dataset}; valid: {', '.join(protocols_for(dataset))}"
-        )
-    if dataset == "severstal":
-        if match is not None:
-            rows = _severstal(frame, int(match[1]), int(match[2]), synthetic, seed)
-        else:
-            rows = _severstal(frame, None, None, synthetic, seed, unsupervised=protocol == "unsupervised")
-    elif dataset.startswith("rdd"):
-        rows = _rdd_70_30(frame, seed)
-    elif dataset == "ksdd" and protocol in ("official", "unsupervised"):
-        rows = _ksdd_segdec(
-            frame, SEGDEC_N["ksdd"][-1], synthetic, seed, unsupervised=protocol == "unsupervised"
-        )
-    elif dataset == "visa" and protocol in ("visa_2cls_highshot", "unsupervised"):
-        rows = _visa_2cls_highshot(frame, synthetic, seed)
-        if protocol == "unsupervised":
-            rows = _drop_training_positives(rows, frame)
-    elif protocol == "official":
-        rows = _official(frame)
-    elif protocol == "unsupervised":
-        rows = _drop_training_positives(_official(frame), frame)
-    elif protocol == "supervised10":
-        rows = _supervised10(dataset, frame, synthetic, seed)
-    elif dataset == "ksdd":
-        rows = _ksdd_segdec(frame, protocol.removeprefix("segdec_n"), synthetic, seed)
-    else:
-        rows = _segdec_by_image(dataset, frame, protocol.removeprefix("segdec_n"), synthetic, seed)
-    return _finished(rows)
+    from defectbench.data.datasets import get_dataset
+
+    builder = get_dataset(dataset).split_builder(protocol)
+    return _finished(builder(_checked_manifest(manifest), synthetic, seed))
 
 
 def write_split(
@@ -502,3 +464,72 @@ def _rdd_70_30(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
         for subset, chosen in (("train", to_train), ("test", ~to_train)):
             parts.append(_rows(images["image_id"][chosen], images["category"][chosen], subset))
     return pd.concat(parts, ignore_index=True)
+
+
+# ---- protocol builders: what defectbench.data.datasets attaches to each dataset ------------------------------
+
+
+def official_protocols() -> dict[str, Builder]:
+    """`official` and `unsupervised` of a dataset with an official train/test split."""
+    return {
+        "official": lambda frame, synthetic, seed: _official(frame),
+        "unsupervised": lambda frame, synthetic, seed: _drop_training_positives(_official(frame), frame),
+    }
+
+
+def supervised10_protocol(dataset: str) -> dict[str, Builder]:
+    return {"supervised10": lambda frame, synthetic, seed: _supervised10(dataset, frame, synthetic, seed)}
+
+
+def visa_protocols() -> dict[str, Builder]:
+    def unsupervised(frame: pd.DataFrame, synthetic: bool, seed: int) -> pd.DataFrame:
+        return _drop_training_positives(_visa_2cls_highshot(frame, synthetic, seed), frame)
+
+    return {
+        "official": lambda frame, synthetic, seed: _official(frame),
+        "unsupervised": unsupervised,
+        "visa_2cls_highshot": _visa_2cls_highshot,
+    }
+
+
+def segdec_protocols(dataset: str) -> dict[str, Builder]:
+    """`segdec_n{N}` for every N of SEGDEC_N (DAGM and KolektorSDD2 by image, KolektorSDD by item and fold)."""
+
+    def builder(n: str) -> Builder:
+        if dataset == "ksdd":
+            return lambda frame, synthetic, seed: _ksdd_segdec(frame, n, synthetic, seed)
+        return lambda frame, synthetic, seed: _segdec_by_image(dataset, frame, n, synthetic, seed)
+
+    return {f"segdec_n{n}": builder(n) for n in SEGDEC_N[dataset]}
+
+
+def ksdd_protocols() -> dict[str, Builder]:
+    every = SEGDEC_N["ksdd"][-1]
+    return {
+        "official": lambda frame, synthetic, seed: _ksdd_segdec(frame, every, synthetic, seed),
+        "unsupervised": lambda frame, synthetic, seed: _ksdd_segdec(frame, every, synthetic, seed, True),
+        **segdec_protocols("ksdd"),
+    }
+
+
+def severstal_protocols() -> dict[str, Builder]:
+    """`official`, `unsupervised` and the paper's (N_all, N) grid; `severstal_protocol` builds any other."""
+    grid = [f"segdec_nall{a}_n{n}" for a in SEVERSTAL_NALL for n in SEVERSTAL_N if n <= a]
+    return {
+        "official": lambda frame, synthetic, seed: _severstal(frame, None, None, synthetic, seed),
+        "unsupervised": lambda frame, synthetic, seed: _severstal(frame, None, None, synthetic, seed, True),
+        **{name: severstal_protocol(name) for name in grid},
+    }
+
+
+def severstal_protocol(name: str) -> Builder | None:
+    """The builder of `segdec_nall{A}_n{N}` for any A and N, or None for another name."""
+    match = _SEVERSTAL_PATTERN.fullmatch(name)
+    if match is None:
+        return None
+    n_all, n_seg = int(match[1]), int(match[2])
+    return lambda frame, synthetic, seed: _severstal(frame, n_all, n_seg, synthetic, seed)
+
+
+def rdd_protocols() -> dict[str, Builder]:
+    return {"rdd_70_30": lambda frame, synthetic, seed: _rdd_70_30(frame, seed)}

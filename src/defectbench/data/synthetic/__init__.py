@@ -16,30 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from defectbench.data.registry import dataset_entry
-from defectbench.data.synthetic.writers import (
-    write_btad,
-    write_dagm,
-    write_ksdd,
-    write_ksdd2,
-    write_mvtec_ad,
-    write_rdd2020,
-    write_rdd2022,
-    write_severstal,
-    write_visa,
-)
 from defectbench.io import write_json
 
-GENERATORS: dict[str, Callable[..., None]] = {
-    "mvtec_ad": write_mvtec_ad,
-    "visa": write_visa,
-    "btad": write_btad,
-    "ksdd": write_ksdd,
-    "ksdd2": write_ksdd2,
-    "dagm": write_dagm,
-    "severstal": write_severstal,
-    "rdd2020": write_rdd2020,
-    "rdd2022": write_rdd2022,
-}
 MARKER_NAME = ".synthetic.json"  # written into dest; marks a folder synthesize may replace
 
 
@@ -86,6 +64,6 @@ def synthesize(dataset: str, dest: str | Path, seed: int = 0, **sizes: Any) -> P
 
 
 def _generator(dataset: str) -> Callable[..., None]:
-    if dataset not in GENERATORS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(GENERATORS)}")
-    return GENERATORS[dataset]
+    from defectbench.data.datasets import get_dataset
+
+    return get_dataset(dataset).write_synthetic
