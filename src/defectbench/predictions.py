@@ -12,7 +12,7 @@ from defectbench.io import write_npz
 
 @dataclass
 class Predictions:
-    """What every method produces for a test set (DESIGN.md: predictions.npz)."""
+    """What every method produces for a test set (docs/DESIGN.md: predictions.npz)."""
 
     image_id: np.ndarray  # (N,) str
     score: np.ndarray  # (N,) float32 image scores, higher = more anomalous

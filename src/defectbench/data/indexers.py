@@ -80,7 +80,7 @@ def locate_root(dataset: str, root: str | Path) -> Path:
         if candidate.is_dir() and marker(candidate):
             return candidate
     raise DataError(
-        f"no {dataset} layout found in {root} or two levels below (see registry.yaml and DATASETS.md for the "
+        f"no {dataset} layout found in {root} or two levels below (see registry.yaml and docs/DATASETS.md for the "
         "expected folders): the archive may be incomplete or not extracted"
     )
 

@@ -1,6 +1,6 @@
 """SegDecNet (Božič et al., mixed supervision): segmentation sub-network at stride 8 plus a decision sub-network.
 
-Architecture per the paper's Table 1 and the authors' code (IMPLEMENTATION_NOTES.md): the segmentation net has a
+Architecture per the paper's Table 1 and the authors' code (docs/IMPLEMENTATION_NOTES.md): the segmentation net has a
 single first 5x5 conv with 32 channels (the table says two; the code has one), "feature norm" instead of batch norm,
 a 15x15 conv with 1024 channels and a 1x1 head. The decision net sees the 1024 features plus the segmentation map
 (1025 channels) and classifies from 66 pooled values.
