@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: install demo test lint lock bench report clean
+.PHONY: install install-gpu demo test lint lock bench gpu-check report clean
 
 install: $(VENV)/.installed
 
@@ -37,9 +37,28 @@ lint: install
 test: install chromium lint
 	$(PY) -m pytest
 
-bench: install
-	$(PY) bench/bench_metrics.py
-	$(PY) bench/bench_segdec.py
+# ---- benchmarks and the GPU check ----
+# PY given on the command line (`make gpu-check PY=python3`) = an environment prepared by hand: no install step.
+INSTALL := $(if $(filter command line,$(origin PY)),,install)
+DEVICE ?= cpu
+BENCH_METRICS_ARGS ?=
+BENCH_SEGDEC_ARGS ?=
+# The newest CUDA build of faiss on PyPI (faiss-cpu is pinned at 1.15.1 in envs/requirements.lock).
+FAISS_GPU := faiss-gpu-cu12==1.14.1.post1
+
+# `make bench DEVICE=cuda`: SegDecNet throughput on the GPU (the metrics are numpy: CPU whatever DEVICE says).
+bench: $(INSTALL)
+	$(PY) bench/bench_metrics.py $(BENCH_METRICS_ARGS)
+	$(PY) bench/bench_segdec.py --device $(DEVICE) $(BENCH_SEGDEC_ARGS)
+
+# The CUDA build of faiss (the `gpu` extra) in place of faiss-cpu; `make install` after a lock change restores faiss-cpu.
+install-gpu: install
+	$(UV) pip uninstall --quiet --python $(PY) faiss-cpu
+	$(UV) pip install --quiet --python $(PY) "$(FAISS_GPU)"
+
+# `make gpu-check` on a GPU machine (summary in results/gpu_check/cuda/); `make gpu-check DEVICE=cpu`: the CPU smoke.
+gpu-check: $(INSTALL)
+	$(PY) -m defectbench.gpu_check --device $(if $(filter command line,$(origin DEVICE)),$(DEVICE),cuda)
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock:

@@ -1,17 +1,19 @@
 """SegDecNet throughput: training and inference images per second at KolektorSDD2's 232x640 (paper §4.4: 85 fps
 inference on an RTX 2080 Ti).
 
-    .venv/bin/python bench/bench_segdec.py [--device cuda] [--batch 1] [--steps 5]
+    .venv/bin/python bench/bench_segdec.py [--device cuda] [--batch 1] [--steps 5] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from defectbench.io import write_json
 from defectbench.methods.segdec import SegDecNet, segdec_loss
 
 
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(640, 232), metavar=("H", "W"))
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--volume-channels", type=int, default=1024)
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
     train_ips, infer_ips = measure(
@@ -76,6 +79,14 @@ def main() -> None:
     for phase, rate in (("train", train_ips), ("inference", infer_ips)):
         print(f"{phase:<10}{rate:>10.2f}{1000 / rate:>10.1f}")
     print("paper: 85 images/s inference on an RTX 2080 Ti (section 4.4)")
+    if args.json:
+        figures = {"device": str(device), "size_hw": list(args.size), "channels": args.channels, "batch": args.batch,
+                   "volume_channels": args.volume_channels, "steps": args.steps,
+                   "train_images_per_s": train_ips, "inference_images_per_s": infer_ips}  # fmt: skip
+        if device.type == "cuda":
+            figures["gpu_name"] = torch.cuda.get_device_name(device)
+            figures["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        write_json(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def train(
     """Fit the run's method on its training subset; writes model.pt, train_log.csv and the training time."""
     import torch
 
-    from defectbench.runtime.gpu import gpu_lease, torch_device
+    from defectbench.runtime.gpu import device_report, gpu_lease, torch_device
     from defectbench.training import seed_everything
 
     torch.set_num_threads(threads)
@@ -143,10 +143,11 @@ def train(
         log = method.fit(subsets["train"], subsets.get("val"))
         seconds = time.perf_counter() - started
         payload = {"method": context.method, "params": context.params, "state": method.state_dict()}
+        ran_on = device_report(device, leased)
     with atomic_path(model) as tmp:
         torch.save(payload, tmp)
     write_csv(train_log, pd.DataFrame(log or [{"epoch": 0}]))
-    write_json(train_time, {"seconds": seconds, "device": str(device)})
+    write_json(train_time, {"seconds": seconds, **ran_on})
     if method.checkpoint_path is not None:
         method.checkpoint_path.unlink(missing_ok=True)
     return model
@@ -164,17 +165,20 @@ def predict(
     """Maps and scores of the evaluation subset from model.pt; writes predictions.npz and the prediction time."""
     import torch
 
-    from defectbench.runtime.gpu import gpu_lease, torch_device
+    from defectbench.runtime.gpu import device_report, gpu_lease, torch_device
+    from defectbench.training import deterministic_algorithms
 
     torch.set_num_threads(threads)
     context = RunContext(run, config, inputs)
     samples = context.eval_samples()
     with gpu_lease() as leased:
         device = torch_device(leased)
+        deterministic_algorithms()
         method = _fitted_method(context, device, Path(model), fit=False)
         started = time.perf_counter()
         predicted = method.predict(samples, context.eval_size)  # methods choose no_grad themselves
         seconds = time.perf_counter() - started
+        ran_on = device_report(device, leased)
     if list(predicted.image_id) != [s.image_id for s in samples]:
         raise RuntimeError(f"{context.method}.predict returned images in another order than it was given")
     if predicted.maps.shape[1:] != context.eval_size:
@@ -182,7 +186,7 @@ def predict(
             f"{context.method}.predict returned maps of {predicted.maps.shape[1:]}, not {context.eval_size}"
         )
     predicted.save(predictions)
-    write_json(predict_time, {"seconds": seconds, "device": str(device), "n": len(samples)})
+    write_json(predict_time, {"seconds": seconds, "n": len(samples), **ran_on})
     return Path(predictions)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,11 +34,28 @@ def _set_state(obj: Stateful, state: Any) -> None:
         obj.load_state_dict(state)
 
 
+# cuBLAS picks reproducible reduction orders only with a fixed workspace; read when cuBLAS initialises.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def deterministic_algorithms() -> None:
+    """Ask torch for reproducible kernels on GPU (cuDNN without autotuning, deterministic cuBLAS/scatter).
+
+    Call before the first CUDA operation of the process. Ops without a deterministic implementation warn
+    instead of failing; `make gpu-check` reports which results are then bit-identical and which are not.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def seed_everything(seed: int) -> None:
-    """Seed the global generators (layers such as dropout draw from them)."""
+    """Seed the global generators (layers such as dropout draw from them) and ask for reproducible kernels."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    deterministic_algorithms()
 
 
 class EpochLoop:

@@ -1,5 +1,6 @@
 """Memory-bank machinery shared by PatchCore and the residual methods: locally aware patch features,
-greedy coreset subsampling and exact nearest-neighbour search."""
+greedy coreset subsampling and exact nearest-neighbour search (faiss, on the GPU when its CUDA build is
+installed and the job runs on CUDA)."""
 
 from __future__ import annotations
 
@@ -63,13 +64,40 @@ def greedy_coreset(
     return chosen
 
 
-class NearestNeighbours:
-    """Exact L2 nearest neighbours of query vectors in a memory bank (faiss IndexFlatL2)."""
+def faiss_gpu_available(device: torch.device) -> bool:
+    """Whether kNN on `device` can use a faiss GPU index: a CUDA device and the CUDA build of faiss (the `gpu`
+    extra, faiss-gpu-cu12) seeing a GPU. Asks faiss for GPUs only for a CUDA device, so that a CPU job (or the
+    warm parent) never initialises CUDA through faiss."""
+    if device.type != "cuda" or not hasattr(faiss, "StandardGpuResources"):
+        return False
+    return faiss.get_num_gpus() > 0
 
-    def __init__(self, bank: np.ndarray):
+
+def flat_l2_index(dims: int, device: torch.device) -> tuple[faiss.Index, object | None]:
+    """An exact L2 index for `dims`-dimensional vectors: on the GPU where faiss_gpu_available, else on the CPU.
+
+    Returns (index, resources); keep the GPU resources (None on CPU) alive as long as the index.
+    """
+    if not faiss_gpu_available(device):
+        return faiss.IndexFlatL2(dims), None
+    resources = faiss.StandardGpuResources()
+    config = faiss.GpuIndexFlatConfig()
+    config.device = device.index or 0  # inside a GPU lease the leased device is the only visible one
+    return faiss.GpuIndexFlatL2(resources, dims, config), resources
+
+
+class NearestNeighbours:
+    """Exact L2 nearest neighbours of query vectors in a memory bank (faiss flat index, on `device`'s GPU when
+    the CUDA build of faiss is installed)."""
+
+    def __init__(self, bank: np.ndarray, device: torch.device | None = None):
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
-        self.index = faiss.IndexFlatL2(self.bank.shape[1])
+        self.index, self._resources = flat_l2_index(self.bank.shape[1], device or torch.device("cpu"))
         self.index.add(self.bank)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._resources is not None
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(distances, indices) of the k nearest bank vectors; distances are Euclidean (not squared)."""

@@ -127,3 +127,18 @@ def torch_device(leased: str | None) -> torch.device:
     import torch
 
     return torch.device("cuda", 0) if leased is not None else torch.device("cpu")
+
+
+def device_report(device: torch.device, leased: str | None) -> dict[str, object]:
+    """What a job ran on, for its train/predict_time.json: proof that a GPU job used the leased GPU.
+
+    Call inside the lease, at the end of the job: the peak is torch's allocator peak of this job's process.
+    """
+    import torch
+
+    report: dict[str, object] = {"device": str(device), "leased_gpu": leased,
+                                 "visible_devices": os.environ.get(VISIBLE_ENV)}  # fmt: skip
+    if device.type == "cuda":
+        report["gpu_name"] = torch.cuda.get_device_name(device)
+        report["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    return report

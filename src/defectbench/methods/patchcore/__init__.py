@@ -62,7 +62,7 @@ class PatchCore(Method):
 
     def predict(self, samples: list[Sample], eval_size: tuple[int, int]) -> Predictions:
         if self._neighbours is None:
-            self._neighbours = NearestNeighbours(self.bank)
+            self._neighbours = NearestNeighbours(self.bank, self.device)
         features, grid = self._embed(samples)
         distances, _ = self._neighbours.search(features.reshape(-1, features.shape[-1]).numpy())
         patch_scores = torch.from_numpy(distances[:, 0].reshape(len(samples), 1, *grid))
