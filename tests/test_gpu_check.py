@@ -4,6 +4,7 @@ where it should, the determinism comparison sees a changed bit, and the whole ch
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ from defectbench.gpu_check.iteration import first_iteration, measure_iteration
 from defectbench.io import write_json
 from defectbench.methods.base import Method, Predictions, register
 from defectbench.predictions import Predictions as SavedPredictions
+from defectbench.runtime.gpu import device_report
+from defectbench.training import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -204,3 +207,29 @@ def test_cpu_check_ran_the_paper_method_on_cpu_deterministically(cpu_check: dict
     assert cpu_check["bench"]["segdec"]["inference_images_per_s"] > 0
     (memory,) = cpu_check["memory"]
     assert memory["status"] == "measured" and memory["method"] == "segdec" and memory["optimizer_steps"] == 1
+
+
+def test_seed_helper_asks_for_deterministic_gpu_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    try:
+        seed_everything(0)
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert (
+            torch.are_deterministic_algorithms_enabled()
+            and torch.is_deterministic_algorithms_warn_only_enabled()
+        )
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+
+
+def test_device_report_of_a_cpu_job_names_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    report = device_report(torch.device("cpu"), None)
+    assert report == {"device": "cpu", "leased_gpu": None, "visible_devices": ""}

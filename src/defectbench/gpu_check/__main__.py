@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,14 @@ from defectbench.gpu_check import checks, selection
 from defectbench.gpu_check.iteration import measure_iteration
 from defectbench.gpu_check.probe import run_probe
 from defectbench.gpu_check.summary import write_summary
-from defectbench.runtime.gpu import GPU_COUNT_ENV
+from defectbench.runtime.gpu import GPU_COUNT_ENV, LOCK_DIR_ENV
 
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs")
-# On CPU the benchmarks run on tiny inputs (a smoke test); on the GPU at their defaults (the paper's sizes).
+# On CPU the benchmarks run on tiny inputs (a smoke test); on the GPU SegDecNet at the paper's size (the default).
 BENCH_ARGS = {
     "cpu": {"BENCH_METRICS_ARGS": "--images 8 --size 64 --reference-thresholds 1",
             "BENCH_SEGDEC_ARGS": "--size 128 128 --channels 1 --volume-channels 8 --steps 1"},
-    "cuda": {"BENCH_METRICS_ARGS": "", "BENCH_SEGDEC_ARGS": ""},
+    "cuda": {"BENCH_METRICS_ARGS": "--images 50", "BENCH_SEGDEC_ARGS": ""},  # metrics: numpy, on the CPU anyway
 }  # fmt: skip
 
 
@@ -153,18 +154,10 @@ def select(check: Check) -> list[selection.SmokeRun]:
 
 
 def probe(check: Check) -> dict[str, Any]:
-    env_before = dict(os.environ)
-    os.environ.update({k: v for k, v in check.env.items() if k == GPU_COUNT_ENV})
-    if check.device == "cpu":
-        os.environ[GPU_COUNT_ENV] = (
-            "1"  # a pretend GPU: the lease still sets CUDA_VISIBLE_DEVICES in the child
-        )
-        os.environ["DEFECTBENCH_LOCK_DIR"] = str(check.out / "locks")
-    try:
+    """The warm-parent probe; on CPU with a pretend GPU, so that the lease still sets CUDA_VISIBLE_DEVICES."""
+    overrides = {GPU_COUNT_ENV: "1", LOCK_DIR_ENV: str(check.out / "locks")} if check.device == "cpu" else {}
+    with environ(overrides):
         report = run_probe(check.out / "warm_probe.json", use_cuda=check.device == "cuda")
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)
     for problem in report["problems"]:
         check.fail(f"warm probe: {problem}")
     return report
@@ -192,7 +185,8 @@ def demo_runs(check: Check, runs: list[selection.SmokeRun]) -> None:
     if result.returncode != 0:
         check.fail(f"snakemake exited with {result.returncode}; see {check.out / 'snakemake.log'}")
     for record, smoke in zip(check.summary["runs"], runs, strict=True):
-        record.update(checks.inspect_run(check.work, smoke.run, check.device))
+        faiss_gpu = bool((check.summary.get("environment") or {}).get("faiss_gpu_build"))
+        record.update(checks.inspect_run(check.work, smoke.run, check.device, faiss_gpu))
         for problem in record["problems"]:
             check.fail(f"{record['run']}: {problem}")
 
@@ -231,50 +225,62 @@ def bench(check: Check) -> None:
 
 def memory(check: Check) -> None:
     """One training iteration per memory case at the paper's scale (CPU smoke: the demo's), inside a GPU lease."""
+    import torch
+
     from defectbench.data.samples import load_samples
     from defectbench.runner import dataset_root
     from defectbench.runtime.gpu import gpu_lease, torch_device
+    from defectbench.training import deterministic_algorithms
 
     scale = "paper" if check.device == "cuda" else "demo"
-    records = []
-    saved = os.environ.get(GPU_COUNT_ENV)
-    if check.device == "cpu":
-        os.environ[GPU_COUNT_ENV] = "0"
+    records: list[dict[str, Any]] = []
+    check.summary["memory"] = records
+    with environ({GPU_COUNT_ENV: "0"} if check.device == "cpu" else {}), gpu_lease() as leased:
+        device = torch_device(leased)
+        if check.device == "cuda" and leased is None:
+            raise RuntimeError("no GPU could be leased for the memory step")
+        deterministic_algorithms()  # as in the jobs (seed_everything), before this process's first CUDA call
+        if device.type == "cpu":
+            torch.set_num_threads(1)  # as the jobs' threads_per_job: the CPU smoke test shares CI's cores
+        for case in check.memory_cases:
+            record: dict[str, Any] = {"method": case.method, "dataset": case.dataset, "experiment": case.experiment,
+                                      "variant": dict(case.variant), "scale": scale, "device": str(device)}  # fmt: skip
+            records.append(record)
+            if case.reason:
+                record.update(status="not measured", reason=case.reason)
+                continue
+            spec = checks.experiment(case.experiment)
+            params = method_params(case.method, case.dataset, scale, spec.get("params"))
+            record.update(input_size=params.get("input_size"), batch_size=params.get("batch_size"))
+            category = check.config["datasets"][case.dataset]["categories"][0]
+            work = check.work
+            try:
+                subsets = load_samples(
+                    work / paths.MANIFEST.format(dataset=case.dataset),
+                    work / paths.SPLIT.format(dataset=case.dataset, protocol=spec["protocol"]),
+                    work / dataset_root(case.dataset, check.config),
+                    category,
+                )
+                record.update(measure_iteration(case.method, params, subsets, device))
+                record["status"] = "measured"
+            except Exception as err:  # reported per case; the other cases still run
+                record.update(status="error", reason=f"{type(err).__name__}: {err}")
+                check.fail(f"memory {case.method} on {case.dataset}: {record['reason']}")
+
+
+@contextlib.contextmanager
+def environ(overrides: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (read by the GPU lease and the warm job), then restore them."""
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
     try:
-        with gpu_lease() as leased:
-            device = torch_device(leased)
-            if check.device == "cuda" and leased is None:
-                raise RuntimeError("no GPU could be leased for the memory step")
-            for case in check.memory_cases:
-                record: dict[str, Any] = {"method": case.method, "dataset": case.dataset, "experiment": case.experiment,
-                                          "variant": dict(case.variant), "scale": scale, "device": str(device)}  # fmt: skip
-                records.append(record)
-                if case.reason:
-                    record.update(status="not measured", reason=case.reason)
-                    continue
-                spec = checks.experiment(case.experiment)
-                params = method_params(case.method, case.dataset, scale, spec.get("params"))
-                record.update(input_size=params.get("input_size"), batch_size=params.get("batch_size"))
-                category = check.config["datasets"][case.dataset]["categories"][0]
-                work = check.work
-                try:
-                    subsets = load_samples(
-                        work / paths.MANIFEST.format(dataset=case.dataset),
-                        work / paths.SPLIT.format(dataset=case.dataset, protocol=spec["protocol"]),
-                        work / dataset_root(case.dataset, check.config),
-                        category,
-                    )
-                    record.update(measure_iteration(case.method, params, subsets, device))
-                    record["status"] = "measured"
-                except Exception as err:  # reported per case; the other cases still run
-                    record.update(status="error", reason=f"{type(err).__name__}: {err}")
-                    check.fail(f"memory {case.method} on {case.dataset}: {record['reason']}")
+        yield
     finally:
-        if saved is None:
-            os.environ.pop(GPU_COUNT_ENV, None)
-        else:
-            os.environ[GPU_COUNT_ENV] = saved
-        check.summary["memory"] = records
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _protocol(experiment: str) -> str:

@@ -52,8 +52,9 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-def inspect_run(work: Path, run: Run, device: str) -> dict[str, Any]:
-    """Per-run record: where train and predict ran, their peaks and times; problems if not on the right device."""
+def inspect_run(work: Path, run: Run, device: str, faiss_gpu: bool = False) -> dict[str, Any]:
+    """Per-run record: where train and predict ran, their peaks and times; problems if not on the right device
+    (and, with the CUDA build of faiss installed, if a CUDA job searched its kNN index on the CPU)."""
     record: dict[str, Any] = {"problems": []}
     directory = work / run.directory
     for stage, name in (("train", "train_time.json"), ("predict", "predict_time.json")):
@@ -66,8 +67,15 @@ def inspect_run(work: Path, run: Run, device: str) -> dict[str, Any]:
             continue
         report = read_json(time_file)
         record[stage] = report
-        lease_line = _lease_line(log)
+        lease_line = _log_line(log, ("leased GPU", "running on CPU"))
         report["lease_log"] = lease_line
+        knn_line = _log_line(log, ("faiss kNN index",))
+        if knn_line:
+            report["knn_log"] = knn_line
+            if device == "cuda" and faiss_gpu and "on the GPU" not in knn_line:
+                record["problems"].append(
+                    f"{stage}: the CUDA build of faiss is installed but kNN ran on the CPU"
+                )
         if device == "cuda":
             if report.get("device") != "cuda:0" or not report.get("leased_gpu"):
                 record["problems"].append(f"{stage} ran on {report.get('device')}, not on a leased GPU")
@@ -90,12 +98,13 @@ def inspect_run(work: Path, run: Run, device: str) -> dict[str, Any]:
     return record
 
 
-def _lease_line(log: Path) -> str | None:
-    """The GPU lease's line in a job log ("leased GPU 0 ..." or "no GPU available; running on CPU")."""
+def _log_line(log: Path, markers: tuple[str, ...]) -> str | None:
+    """The first line of a job log holding one of `markers` (the lease's "leased GPU 0 ..." or "running on CPU",
+    the kNN index's device), without its time stamp."""
     if not log.exists():
         return None
     for line in log.read_text(errors="replace").splitlines():
-        if "leased GPU" in line or "running on CPU" in line:
+        if any(marker in line for marker in markers):
             return line.split(": ", 1)[-1]
     return None
 

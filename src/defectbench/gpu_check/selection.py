@@ -92,7 +92,9 @@ def memory_cases(
     wanted = set(methods) if methods is not None else None
     standalone: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
     dependent: dict[tuple[str, str], str] = {}
-    for name, spec in sorted(experiments.items(), key=lambda item: (len(item[1].get("params") or {}), item[0])):
+    for name, spec in sorted(
+        experiments.items(), key=lambda item: (len(item[1].get("params") or {}), item[0])
+    ):
         method = spec["method"]
         if wanted is not None and method not in wanted:
             continue

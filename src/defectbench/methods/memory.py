@@ -4,11 +4,15 @@ installed and the job runs on CUDA)."""
 
 from __future__ import annotations
 
+import logging
+
 import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def local_patch_features(
@@ -94,6 +98,9 @@ class NearestNeighbours:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.index, self._resources = flat_l2_index(self.bank.shape[1], device or torch.device("cpu"))
         self.index.add(self.bank)
+        log.info(
+            "faiss kNN index on the %s (%d bank vectors)", "GPU" if self.on_gpu else "CPU", len(self.bank)
+        )
 
     @property
     def on_gpu(self) -> bool:
