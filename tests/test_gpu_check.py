@@ -19,6 +19,7 @@ from defectbench.data.samples import Sample
 from defectbench.experiments import Run, load_experiments, planned_runs
 from defectbench.gpu_check import checks, selection
 from defectbench.gpu_check.iteration import first_iteration, measure_iteration
+from defectbench.gpu_check.summary import markdown
 from defectbench.io import write_json
 from defectbench.methods.base import Method, Predictions, register
 from defectbench.predictions import Predictions as SavedPredictions
@@ -233,3 +234,45 @@ def test_device_report_of_a_cpu_job_names_no_gpu(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     report = device_report(torch.device("cpu"), None)
     assert report == {"device": "cpu", "leased_gpu": None, "visible_devices": ""}
+
+
+def _job_files(work: Path, run: Run, device: str, peak: int, lease: str) -> None:
+    for stage, name in (("train", "train_time.json"), ("predict", "predict_time.json")):
+        report = {"seconds": 2.0, "n": 4, "device": device, "leased_gpu": "0" if device != "cpu" else None}
+        if peak:
+            report["max_memory_allocated_bytes"] = peak
+        write_json(work / run.directory / name, report)
+        log = (
+            work
+            / "results/logs"
+            / stage
+            / f"{run.dataset}/{run.category}/{run.experiment}/seed{run.seed}.log"
+        )
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"2026-01-01 00:00:00,000 defectbench.runtime.gpu: {lease}\n")
+    write_json(work / run.directory / "metrics.json", {"metrics": {"i_ap": 0.5}})
+
+
+@pytest.mark.parametrize(
+    ("device", "peak", "lease", "problems"),
+    [
+        ("cuda:0", 2**20, "leased GPU 0 (lock /tmp/locks/gpu0.lock)", 0),
+        ("cpu", 0, "no GPU available; running on CPU", 3),  # each of train and predict: device, memory, log
+        ("cuda:0", 0, "leased GPU 0 (lock /tmp/locks/gpu0.lock)", 1),
+    ],
+    ids=["on the leased GPU", "fell back to CPU", "no GPU memory"],
+)
+def test_a_cuda_run_must_have_used_its_leased_gpu(tmp_path: Path, device, peak, lease, problems) -> None:
+    run = Run("dagm", "Class1", "segdec_dagm_n0", 0)
+    _job_files(tmp_path, run, device, peak, lease)
+    record = checks.inspect_run(tmp_path, run, "cuda")
+    assert len(record["problems"]) == 2 * problems, record["problems"]
+    assert record["predict_ms_per_image"] == 500.0 and record["train"]["lease_log"] == lease
+    summary = {"device": "cuda", "started": "t0", "finished": "t1", "step_seconds": {"demo runs": 1.0},
+               "failures": record["problems"], "ok": not record["problems"],
+               "runs": [{"run": "dagm/Class1/segdec_dagm_n0/seed0", "method": "segdec", "covers": ["segdec"], **record}],
+               "memory": [{"method": "segdec", "dataset": "dagm", "scale": "paper", "device": "cuda:0",
+                           "status": "measured", "peak_allocated_bytes": 3 * 2**30, "optimizer_steps": 1}]}  # fmt: skip
+    text = markdown(summary)
+    assert ("GPU check on cuda: OK" in text) is (problems == 0)
+    assert "| segdec | dagm |" in text and "3,072" in text  # the peak in MiB
