@@ -16,12 +16,13 @@ import torch
 import yaml
 
 from defectbench.data.samples import Sample
-from defectbench.experiments import Run, load_experiments, planned_runs
+from defectbench.experiments import load_experiments
 from defectbench.gpu_check import checks, selection
 from defectbench.gpu_check.iteration import first_iteration, measure_iteration
 from defectbench.gpu_check.summary import markdown
 from defectbench.io import write_json
 from defectbench.methods.base import Method, Predictions, register
+from defectbench.plan import Run, planned_runs
 from defectbench.predictions import Predictions as SavedPredictions
 from defectbench.runtime.gpu import device_report
 from defectbench.training import seed_everything

@@ -227,8 +227,8 @@ def memory(check: Check) -> None:
     """One training iteration per memory case at the paper's scale (CPU smoke: the demo's), inside a GPU lease."""
     import torch
 
+    from defectbench.data.locations import ready_root
     from defectbench.data.samples import load_samples
-    from defectbench.runner import dataset_root
     from defectbench.runtime.gpu import gpu_lease, torch_device
     from defectbench.training import deterministic_algorithms
 
@@ -258,7 +258,7 @@ def memory(check: Check) -> None:
                 subsets = load_samples(
                     work / paths.MANIFEST.format(dataset=case.dataset),
                     work / paths.SPLIT.format(dataset=case.dataset, protocol=spec["protocol"]),
-                    work / dataset_root(case.dataset, check.config),
+                    work / ready_root(case.dataset, work / paths.DATASET_READY.format(dataset=case.dataset)),
                     category,
                 )
                 record.update(measure_iteration(case.method, params, subsets, device))

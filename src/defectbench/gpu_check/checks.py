@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from defectbench import paths
-from defectbench.experiments import CONFIG_DIR, Run, load_experiments, read_yaml
+from defectbench.experiments import CONFIG_DIR, load_experiments, read_yaml
 from defectbench.gpu_check.selection import SmokeRun, run_cost
-from defectbench.runner import git_commit
+from defectbench.plan import Run
+from defectbench.provenance import git_commit
 
 RUN_FILES = ("model.pt", "predictions.npz", "metrics.json", "train_time.json", "predict_time.json")
 

@@ -3,14 +3,14 @@ experiments and the config: nothing here names a method."""
 
 from __future__ import annotations
 
-import fnmatch
 import pkgutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from defectbench.experiments import CONFIG_DIR, Run, load_experiments, planned_runs
+from defectbench.experiments import CONFIG_DIR, load_experiments
+from defectbench.plan import Run, planned_runs, selected
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,6 @@ def run_cost(run: Run, config: Mapping[str, Any]) -> int:
     return int(height) * int(width)
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-
-
 def smoke_runs(
     config: Mapping[str, Any], config_dir: Path = CONFIG_DIR, patterns: Iterable[str] = ("*",)
 ) -> list[SmokeRun]:
@@ -69,7 +65,7 @@ def smoke_runs(
     seed = config["seeds"][0]
     patterns = list(patterns)
     candidates = [
-        r for r in planned_runs(config, config_dir) if r.seed == seed and _matches(r.experiment, patterns)
+        r for r in planned_runs(config, config_dir) if r.seed == seed and selected(r.experiment, patterns, ())
     ]
     found = {run: features(experiments[run.experiment]) for run in candidates}
     uncovered = set().union(*found.values()) if found else set()
