@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -406,8 +407,8 @@ def test_metrics_counts_accepted_for_fp_fn_only(tmp_path):
     assert loaded.loc[loaded["metric"] == "fp", "value"].tolist() == [1010.0]
     for metric, value, message in [
         ("i_ap", 87.5, r"i_ap = 87.5, outside \[0, 1\]"),
-        ("fp", 2.5, r"fp = 2.5; fp, fn are image counts"),
-        ("fn", -1.0, r"fn = -1.0; fp, fn are image counts"),
+        ("fp", 2.5, r"fp = 2.5; fp, fn, n_images are image counts"),
+        ("fn", -1.0, r"fn = -1.0; fp, fn, n_images are image counts"),
     ]:
         (tmp_path / metric).mkdir()
         _, _, metrics = write_inputs(tmp_path / metric)
@@ -421,16 +422,23 @@ def test_metrics_schema_allows_counts_and_rejects_percent():
 
     from defectbench.metrics import COUNT_METRICS
     from defectbench.tables.spec import COUNT_METRICS as TABLE_COUNT_METRICS
-    from defectbench.tables.spec import NATURAL_UNITS, load_schema
+    from defectbench.tables.spec import NATURAL_UNITS, WHOLE_NUMBERS, load_schema
 
     schema = load_schema("metrics")
-    assert schema["$defs"]["count_metric"]["enum"] == list(COUNT_METRICS) == list(TABLE_COUNT_METRICS)
-    assert {*schema["$defs"]["count_metric"]["enum"], *schema["$defs"]["natural_unit_metric"]["enum"]} == set(
-        NATURAL_UNITS
+    assert list(COUNT_METRICS) == list(TABLE_COUNT_METRICS)
+    counts, natural = (
+        re.compile(schema["$defs"][d]["pattern"]) for d in ("count_metric", "natural_unit_metric")
     )
+    assert {n for n in NATURAL_UNITS if counts.fullmatch(n)} == set(WHOLE_NUMBERS)
+    assert {n for n in NATURAL_UNITS if natural.fullmatch(n)} == set(NATURAL_UNITS) - set(WHOLE_NUMBERS)
     validator = jsonschema.Draft202012Validator(schema)
     row = {"dataset": "dagm", "category": "Class1", "experiment": "e", "seed": 0}
     assert validator.is_valid({**row, "metric": "fp", "value": 1010})
+    assert validator.is_valid({**row, "metric": "box_ap:D00", "value": 0.5})  # per damage class
+    assert not validator.is_valid({**row, "metric": "box_ap:D00", "value": 50.0})
+    assert validator.is_valid({**row, "metric": "n_images:train:D00", "value": 3236})
+    assert not validator.is_valid({**row, "metric": "n_images:train", "value": 3.5})
+    assert not validator.is_valid({**row, "metric": "box_ap:", "value": 0.5})
     assert validator.is_valid({**row, "metric": "latency_ms", "value": 41.5})
     assert validator.is_valid({**row, "metric": "i_ap", "value": 0.74})
     assert not validator.is_valid({**row, "metric": "i_ap", "value": 74.0})

@@ -65,6 +65,11 @@ def load_experiments(config_dir: Path = CONFIG_DIR) -> dict[str, dict[str, Any]]
     return experiments
 
 
+def is_split_count(experiment: Mapping[str, Any]) -> bool:
+    """An experiment of `kind: split_counts` counts images per label of its split (no method, no model)."""
+    return experiment.get("kind") == "split_counts"
+
+
 def method_params(
     method: str,
     dataset: str,

@@ -159,6 +159,14 @@ def evaluate(smk: Any) -> None:
 
 
 @rule
+def split_counts(smk: Any) -> None:
+    from defectbench import run
+
+    inp = smk.input
+    run.count_split(_run(smk), smk.config, Path(inp.manifest), Path(inp.split), Path(smk.output[0]))
+
+
+@rule
 def collect(smk: Any) -> None:
     from defectbench.tables.collect import collect
 

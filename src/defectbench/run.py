@@ -223,6 +223,7 @@ def evaluate(
         masks,
         names,
         boxes=boxes,
+        box_classes=experiment.get("classes"),
         threshold=threshold_rule(experiment.get("threshold", "otsu")),
         f1_level=f1_level,
     )
@@ -249,6 +250,36 @@ def evaluate(
         "python": platform.python_version(),
     }
     return write_json(metrics, result)
+
+
+def count_split(run: Run, config: Mapping[str, Any], manifest: Path, split: Path, metrics: Path) -> Path:
+    """metrics.json of a `kind: split_counts` experiment: images per label and subset of its split, no model."""
+    from defectbench.data.samples import MANIFEST_COLUMNS, SPLIT_COLUMNS, read_table
+    from defectbench.data.split_counts import label_counts
+
+    experiment = load_experiments()[run.experiment]
+    rows = read_table(split, SPLIT_COLUMNS)
+    rows = rows[rows["category"] == run.category]
+    if rows.empty:
+        raise DataError(f"{split} has no rows for category {run.category!r}")
+    counts = label_counts(read_table(manifest, MANIFEST_COLUMNS), rows, experiment["classes"])
+    record = {
+        "dataset": run.dataset,
+        "category": run.category,
+        "experiment": run.experiment,
+        "seed": run.seed,
+        "method": "split",
+        "metrics": counts,
+        "n_images": len(rows),
+        "wall_time_s": {},
+        "device": "cpu",
+        "synthetic": is_synthetic(run.dataset, config),
+        "scale": config["scale"],
+        "git_commit": git_commit(),
+        "config_hash": config_hash(experiment, config["datasets"][run.dataset]),
+        "python": platform.python_version(),
+    }
+    return write_json(metrics, record)
 
 
 def read_timing(path: Path) -> dict[str, Any]:

@@ -5,13 +5,18 @@ from defectbench.data.datasets import dataset_names
 from defectbench.data.registry import dataset_entry
 from defectbench.data.splits import protocols_for
 from defectbench.data.locations import dataset_dir, is_synthetic
-from defectbench.experiments import load_experiments
+from defectbench.experiments import is_split_count, load_experiments
 from defectbench.plan import planned_runs
 from defectbench.tables import figure_names
 
 validate_config(config)
 
 EXPERIMENTS = load_experiments()
+# experiments whose metrics.json the split_counts rule writes (images per label of a split, no method) and the
+# others (trained, predicted, evaluated), as wildcard regexes
+COUNT_EXPERIMENTS = [name for name, spec in EXPERIMENTS.items() if is_split_count(spec)]
+COUNT_EXPERIMENTS_PATTERN = "|".join(COUNT_EXPERIMENTS) or "(?!)"
+METHOD_EXPERIMENTS_PATTERN = f"(?!(?:{COUNT_EXPERIMENTS_PATTERN})$)[^/]+"
 RUNS = planned_runs(config)
 METRICS_FILES = [paths.METRICS.format(**run.__dict__) for run in RUNS]
 PAPERS = config["papers"]

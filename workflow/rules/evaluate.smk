@@ -1,4 +1,5 @@
-# Per-run metrics.json, and results/metrics.csv collecting every planned run.
+# Per-run metrics.json, and results/metrics.csv collecting every planned run. A `kind: split_counts` experiment's
+# metrics.json counts images per label of its split (no model): rule split_counts, not evaluate.
 
 
 rule evaluate:
@@ -13,6 +14,28 @@ rule evaluate:
         paths.LOGS.format(
             rule="evaluate", name="{dataset}/{category}/{experiment}/seed{seed}"
         ),
+    wildcard_constraints:
+        experiment=METHOD_EXPERIMENTS_PATTERN,
+    conda:
+        "../../envs/defectbench.yaml"
+    script:
+        "../scripts/rule.py"
+
+
+rule split_counts:
+    input:
+        manifest=paths.MANIFEST,
+        split=lambda w: paths.SPLIT.format(
+            dataset=w.dataset, protocol=EXPERIMENTS[w.experiment]["protocol"]
+        ),
+    output:
+        paths.METRICS,
+    log:
+        paths.LOGS.format(
+            rule="split_counts", name="{dataset}/{category}/{experiment}/seed{seed}"
+        ),
+    wildcard_constraints:
+        experiment=COUNT_EXPERIMENTS_PATTERN,
     conda:
         "../../envs/defectbench.yaml"
     script:

@@ -11,7 +11,9 @@ Defect-free images have an empty `defect_type`. Dataset specifics:
   refers to the class-3 RLE when the image has class 3 (what SegDecNet's protocol uses), else to its lowest class,
   so a multi-class image's mask holds only that class.
 - RDD: only the labelled `train` images; boxes of classes D00, D10, D20, D40; `label` 1 when one is left;
-  `defect_type` the classes present joined by '+'.
+  `defect_type` the classes present joined by '+'. The dataset's other classes (RDD_OTHER_CLASSES) are dropped
+  silently; a class name outside both lists, and a box lying wholly outside its image, are dropped with a warning
+  naming the annotation file (bad annotations in a 47,000-image dataset should not stop the benchmark).
 - VisA: `split` from `split_csv/1cls.csv` (or `1cls.csv`) in the root; `defect_type` from `image_anno.csv`.
 """
 
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 RDD_CLASSES = ("D00", "D10", "D20", "D40")
+# annotated in RDD2020/2022 but not part of the benchmark (road markings, repairs, other crack types)
+RDD_OTHER_CLASSES = ("D01", "D11", "D43", "D44", "D50", "D0w0", "Repair", "Block crack")
 KSDD_KNOWN_BROKEN = frozenset({"kos21/Part7"})  # skipped only when unreadable
 STRAY_MARKER = " (copy)"  # KolektorSDD2 ships `train/10301 (copy).png` and its GT: duplicates, dropped
 Draft = dict[str, Any]  # a manifest row before width/height (and, for RDD, before boxes are clipped)
@@ -391,7 +395,18 @@ def _finalise(root: Path, drafts: list[Draft], may_skip: frozenset[str]) -> tupl
             raise size
         width, height = size
         if "raw_boxes" in draft:
-            boxes = _clip_boxes(draft.pop("raw_boxes"), width, height)
+            raw = draft.pop("raw_boxes")
+            boxes = _clip_boxes(raw, width, height)
+            if len(boxes) < len(raw):
+                log.warning(
+                    "%s: %d box(es) lie wholly outside the %dx%d image %s; skipped",
+                    draft.pop("annotation"),
+                    len(raw) - len(boxes),
+                    width,
+                    height,
+                    draft["image"],
+                )
+            draft.pop("annotation", None)
             classes = sorted({box[4] for box in boxes})
             draft |= {"boxes": boxes, "label": int(bool(boxes)), "defect_type": "+".join(classes)}
         rows.append(draft | {"width": width, "height": height})
@@ -425,7 +440,9 @@ def _rdd_country(root: Path, folder: Path, country: str, category: str) -> Itera
     xml_dir = folder / "annotations" / "xmls"
     for path in _images(folder / "images", (".jpg", ".jpeg", ".png")):
         draft = _draft(root, path, category, "train", 0, "", None, country)
-        draft["raw_boxes"] = _voc_boxes(_require_file(xml_dir / f"{path.stem}.xml"))
+        annotation = _require_file(xml_dir / f"{path.stem}.xml")
+        draft["raw_boxes"] = _voc_boxes(annotation)
+        draft["annotation"] = str(annotation)
         yield draft
 
 
@@ -439,6 +456,8 @@ def _voc_boxes(path: Path) -> list[list[Any]]:
     for element in tree.getroot().iter("object"):
         name = (element.findtext("name") or "").strip()
         if name not in RDD_CLASSES:
+            if name not in RDD_OTHER_CLASSES:
+                log.warning("%s names the unknown damage class %r; its box is skipped", path, name)
             continue
         try:
             coords = [

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 
 from defectbench.metrics.boxes import Box, box_ap_per_class, mean_box_ap
-from defectbench.metrics.ranking import detection_scores, pixel_auroc_ap, pro_auc
+from defectbench.metrics.ranking import auroc, detection_scores, pixel_auroc_ap, pro_auc
 from defectbench.metrics.segmentation import ThresholdRule, segmentation_scores, threshold_maps
 from defectbench.metrics.sweep import DEFAULT_CHUNK_PIXELS
 
@@ -49,7 +49,9 @@ def evaluate(
     the threshold of ca, macc and f1 (SegDecNet's Table 4). `f1` is the best image-level F1 (SegDecNet's DAGM
     table) with f1_level="image", or the segmentation F1 of
     the thresholded maps (RA-CAM) with f1_level="pixel". Segmentation metrics threshold `maps` with `threshold`
-    (a number, "otsu" per image, or "best_f1"). `box_ap` also adds `box_ap:<class>` for every damage class.
+    (a number, "otsu" per image, or "best_f1"). `box_ap` also adds `box_ap:<class>` for every damage class, and
+    with boxes given `i_auroc` adds `i_auroc:<class>`: the images showing a class-c box against the images without
+    any box (images with other classes only left out), the per-class I-AUROC of RFL+RIS Tables 5-6.
     noc85/noc90/latency_ms are measured by the interactive and timing code, not here.
     """
     requested = list(dict.fromkeys(metrics))
@@ -90,6 +92,23 @@ def evaluate(
         per_class = box_ap_per_class(maps, boxes, box_classes)
         results["box_ap"] = mean_box_ap(per_class)
         results.update({f"box_ap:{name}": value for name, value in per_class.items()})
+    if "i_auroc" in requested and boxes is not None:
+        results.update(_per_class_auroc(scores, boxes, box_classes))
     return {name: results[name] for name in requested} | {
-        name: value for name, value in results.items() if name.startswith("box_ap:")
+        name: value for name, value in results.items() if name.startswith(("box_ap:", "i_auroc:"))
     }
+
+
+def _per_class_auroc(
+    scores: np.ndarray, boxes: Sequence[Sequence[Box]], classes: Sequence[str] | None
+) -> dict[str, float]:
+    """`i_auroc:<class>`: images with a box of the class (positives) against images without any box."""
+    present = [{str(box[4]) for box in image_boxes} for image_boxes in boxes]
+    names = sorted(set().union(*present)) if classes is None else [str(c) for c in classes]
+    normal = np.array([not p for p in present])
+    result = {}
+    for name in names:
+        positive = np.array([name in p for p in present])
+        keep = positive | normal
+        result[f"i_auroc:{name}"] = auroc(positive[keep], np.asarray(scores)[keep])
+    return result

@@ -16,13 +16,15 @@ import pandas as pd
 from defectbench.io import write_csv, write_text
 from defectbench.tables.sources import Measured, MeasuredIndex, average, load_metrics, load_published
 from defectbench.tables.spec import (
-    COUNT_METRICS,
     NATURAL_UNITS,
+    WHOLE_NUMBERS,
     TableSpec,
     aggregate_of,
     categories_of,
     is_percent,
     load_spec,
+    measured_metric,
+    published_category_of,
     table_specs,
 )
 
@@ -84,9 +86,7 @@ class PublishedIndex:
         self._values = dict(zip(keys, zip(rows["number"], rows["value"], strict=True), strict=True))
 
     def lookup(self, keys: Mapping[str, Any]) -> tuple[float, str] | None:
-        category = keys.get("published_category")
-        if category is None and isinstance(keys.get("category"), str):
-            category = keys["category"]
+        category = published_category_of(keys)
         if category is None or "published_table" not in keys or "dataset" not in keys:
             return None
         key = (
@@ -206,12 +206,12 @@ def _set_decimals(grid: list[list[Cell]]) -> None:
         [None if c.published_text is None else _printed_decimals(c.published_text) for c in row]
         for row in grid
     ]
-    # counts (fp, fn) are printed as integers whatever the other metrics' precision: they do not set the default
+    # counts (fp, fn, n_images) are printed as integers whatever the other metrics' precision: they do not set the default
     table_counts = Counter(
         d
         for cells, decimals in zip(grid, printed, strict=True)
         for cell, d in zip(cells, decimals, strict=True)
-        if d is not None and cell.keys.get("metric") not in COUNT_METRICS
+        if d is not None and cell.keys.get("metric") not in WHOLE_NUMBERS
     )
     table_default = table_counts.most_common(1)[0][0] if table_counts else DEFAULT_DECIMALS
     for c in range(len(grid[0])):
@@ -220,7 +220,7 @@ def _set_decimals(grid: list[list[Cell]]) -> None:
         for r, row in enumerate(grid):
             cell = row[c]
             own = printed[r][c]
-            fallback = 0 if cell.keys.get("metric") in COUNT_METRICS else column_default
+            fallback = 0 if cell.keys.get("metric") in WHOLE_NUMBERS else column_default
             cell.decimals = int(cell.keys.get("decimals", own if own is not None else fallback))
 
 
@@ -263,7 +263,7 @@ def cells_frame(table: TableSpec, grid: list[list[Cell]]) -> pd.DataFrame:
                 "dataset": cell.keys.get("dataset", ""),
                 "category": ";".join(categories_of(cell.keys)),
                 "experiment": cell.keys.get("experiment", ""),
-                "metric": cell.keys.get("metric", ""),
+                "metric": measured_metric(cell.keys) if "metric" in cell.keys else "",
                 "aggregate": aggregate_of(cell.keys),
                 "measured": round(value, 6) if has_value else None,
                 "measured_std": None if math.isnan(std) else round(std, 6),

@@ -12,12 +12,14 @@ import numpy as np
 import pandas as pd
 
 from defectbench.tables.spec import (
-    COUNT_METRICS,
     NATURAL_UNITS,
+    WHOLE_NUMBERS,
     TableInputError,
     aggregate_of,
+    base_metric,
     categories_of,
     load_schema,
+    measured_metric,
 )
 
 PUBLISHED_KEY = ["paper", "table", "dataset", "category", "method", "setting", "metric"]
@@ -45,11 +47,8 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
     frame = _read_checked(Path(path), "metrics", "collected metrics (results/metrics.csv)")
     frame["seed"] = frame["seed"].astype(int)
     frame["value"] = frame["value"].replace("", "nan").astype(float)
-    fraction = (
-        ~frame["metric"].isin(list(NATURAL_UNITS))
-        & ~frame["value"].between(0.0, 1.0)
-        & frame["value"].notna()
-    )
+    base = frame["metric"].map(base_metric)
+    fraction = ~base.isin(list(NATURAL_UNITS)) & ~frame["value"].between(0.0, 1.0) & frame["value"].notna()
     if fraction.any():
         row = int(np.flatnonzero(fraction.to_numpy())[0])
         raise TableInputError(
@@ -57,14 +56,12 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
             "metrics.json values are fractions, never percent: fix the evaluator and re-run it"
         )
     values = frame["value"]
-    not_a_count = (
-        frame["metric"].isin(list(COUNT_METRICS)) & values.notna() & ((values < 0) | (values % 1 != 0))
-    )
+    not_a_count = base.isin(list(WHOLE_NUMBERS)) & values.notna() & ((values < 0) | (values % 1 != 0))
     if not_a_count.any():
         row = int(np.flatnonzero(not_a_count.to_numpy())[0])
         raise TableInputError(
             f"{path}: row {row + 2} has {frame['metric'].iloc[row]} = {values.iloc[row]}; "
-            f"{', '.join(COUNT_METRICS)} are image counts of one run (whole numbers >= 0): fix the evaluator "
+            f"{', '.join(WHOLE_NUMBERS)} are image counts of one run (whole numbers >= 0): fix the evaluator "
             "and re-run it"
         )
     key = ["dataset", "category", "experiment", "seed", "metric"]
@@ -121,7 +118,8 @@ class MeasuredIndex:
             categories_run = [c for c in categories if c in configured]
         else:
             categories_run = categories
-        found = [self._units.get((keys["experiment"], dataset, c, keys["metric"])) for c in categories_run]
+        metric = measured_metric(keys)
+        found = [self._units.get((keys["experiment"], dataset, c, metric)) for c in categories_run]
         units = [u for u in found if u is not None]
         if not units:
             return None

@@ -19,10 +19,35 @@ SCHEMA_DIR = Path(__file__).resolve().parents[3] / "workflow" / "schemas"
 # Image counts, = defectbench.metrics.COUNT_METRICS and the metrics schema's count_metric (tests check both; not
 # imported so that the tables do not load the metrics' scipy code).
 COUNT_METRICS = ("fp", "fn")
+# Whole numbers of images: the counts above and the images per label of a split (RFL+RIS Tables 1-2).
+WHOLE_NUMBERS = (*COUNT_METRICS, "n_images")
 # Metrics shown in their own unit (ms, clicks, images) rather than as a percentage of [0, 1].
 NATURAL_UNITS = {"latency_ms": "ms", "noc85": "clicks", "noc90": "clicks"} | dict.fromkeys(
-    COUNT_METRICS, "images"
+    WHOLE_NUMBERS, "images"
 )
+
+
+def base_metric(name: str) -> str:
+    """`box_ap` of a qualified metric name such as `box_ap:D00` or `n_images:train:D00`."""
+    return name.partition(":")[0]
+
+
+def measured_metric(keys: Mapping[str, Any]) -> str:
+    """The metric name a cell reads from results/metrics.csv: `metric`, qualified by `subset` and `class`.
+
+    `n_images` + subset train + class D00 -> `n_images:train:D00`; `box_ap` + class D00 -> `box_ap:D00`."""
+    parts = [keys["metric"], keys.get("subset"), keys.get("class")]
+    return ":".join(str(part) for part in parts if part is not None)
+
+
+def published_category_of(keys: Mapping[str, Any]) -> str | None:
+    """The category a cell's published number is printed under: `published_category`, else its `class`
+    (RDD damage classes are the paper's columns), else its single `category`."""
+    for key in ("published_category", "class"):
+        if key in keys:
+            return str(keys[key])
+    category = keys.get("category")
+    return category if isinstance(category, str) else None
 
 
 class TableInputError(DataError, ValueError):

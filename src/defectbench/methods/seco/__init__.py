@@ -1,0 +1,240 @@
+"""SeCo adapted to two-class defect data (RFL+RIS supplement 1.2.2): a ViT-B/16 student and its momentum teacher;
+the teacher's CAM refined by PAR gives pseudo-labels for the segmentation head and the decomposition losses (local
+crops contrasted against a queue, tokens against global prototypes); inference: multi-scale + flip, DenseCRF."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from defectbench.data.samples import Sample
+from defectbench.methods.base import Method, Predictions, register
+from defectbench.methods.image_level import (
+    ImageStore,
+    augment_batch,
+    augmentation,
+    batch_indices,
+    checkpoint_path,
+    resize_maps,
+    run_iterations,
+    to_tensor,
+    warmup_poly,
+)
+from defectbench.methods.refine import dense_crf, par
+from defectbench.methods.seco.model import (
+    IGNORE,
+    SeCoNet,
+    affinity_loss,
+    cam_of,
+    global_contrast,
+    local_contrast,
+    pseudo_from_cam,
+)
+
+BATCH = 8
+
+
+@register("seco")
+class SeCo(Method):
+    required_params = (
+        "vit", "pretrained", "input_size", "projection_dim", "aspp_rates", "aspp_channels", "iterations",
+        "batch_size", "lr", "head_lr_scale", "weight_decay", "warmup_steps", "poly_power", "ema", "cam_scales",
+        "par_iterations", "cam_high", "cam_low", "local_grid", "local_size", "queue_size", "local_temperature",
+        "prototype_momentum", "global_temperature", "weights", "lig_start", "seg_start", "test_scales", "crf",
+        "augment", "log_every",
+    )  # fmt: skip
+
+    def __init__(self, params: Any, device: torch.device, seed: int, workdir: Any = None):
+        super().__init__(params, device, seed, workdir)
+        self.size = tuple(self.params["input_size"])
+        self.student = SeCoNet(self.params, seed).to(device)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        dim = self.params["projection_dim"]
+        self.queue = torch.zeros(0, dim, device=device)
+        self.queue_labels = torch.zeros(0, dtype=torch.long, device=device)
+        self.prototypes = torch.zeros(2, dim, device=device)
+
+    @torch.no_grad()
+    def teacher_cam(self, images: torch.Tensor) -> torch.Tensor:
+        """Teacher CAM (N, H, W) averaged over the CAM scales and a horizontal flip."""
+        self.teacher.eval()
+        total = torch.zeros(images.shape[0], *images.shape[-2:], device=images.device)
+        scales = self.params["cam_scales"]
+        for scale in scales:
+            size = [max(16, round(s * scale)) for s in images.shape[-2:]]
+            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            for flip in (False, True):
+                view = scaled.flip(-1) if flip else scaled
+                cam = cam_of(self.teacher, self.teacher.encode(view)[0])
+                cam = cam.flip(-1) if flip else cam
+                total += resize_maps(cam, images.shape[-2:])
+        return total / (2 * len(scales))
+
+    def pseudo_labels(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw teacher CAM (N, H, W), pseudo-label after PAR and the two thresholds)."""
+        cam = self.teacher_cam(images) * labels.view(-1, 1, 1)
+        refined = par(images, cam[:, None], int(self.params["par_iterations"]))[:, 0]
+        return cam, pseudo_from_cam(refined, labels, self.params["cam_high"], self.params["cam_low"])
+
+    def _local_crops(self, images: torch.Tensor, pseudo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decompose images into a grid of crops resized to local_size; a crop is a defect crop if it holds a
+        defect pseudo-pixel, background if it holds only background, else left out."""
+        grid, size = int(self.params["local_grid"]), [int(self.params["local_size"])] * 2
+        height, width = images.shape[-2] // grid, images.shape[-1] // grid
+        crops, labels = [], []
+        for i in range(grid):
+            for j in range(grid):
+                window = (slice(None), slice(i * height, (i + 1) * height), slice(j * width, (j + 1) * width))
+                region = pseudo[window]
+                defect = (region == 1).flatten(1).any(dim=1)
+                background = (region == 0).flatten(1).all(dim=1)
+                keep = defect | background
+                if keep.any():
+                    crop = images[:, :, window[1], window[2]][keep]
+                    crops.append(F.interpolate(crop, size=size, mode="bilinear", align_corners=False))
+                    labels.append(defect[keep].long())
+        if not crops:
+            return images[:0], pseudo.new_zeros(0)
+        return torch.cat(crops), torch.cat(labels)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        p = self.params
+        heads = [t for m in self.student.heads() for t in m.parameters()]
+        return torch.optim.AdamW(
+            [{"params": list(self.student.vit.parameters()), "lr": p["lr"]},
+             {"params": heads, "lr": p["lr"] * p["head_lr_scale"]}],
+            weight_decay=p["weight_decay"],
+        )  # fmt: skip
+
+    def fit(self, train: list[Sample], val: list[Sample] | None = None) -> list[dict[str, float]]:
+        p, w = self.params, self.params["weights"]
+        store = ImageStore(train, self.size)
+        labels = torch.tensor([s.label for s in train], device=self.device)
+        optimizer = self._optimizer()
+        factor = warmup_poly(int(p["iterations"]), int(p["warmup_steps"]), float(p["poly_power"]))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        generator = torch.Generator().manual_seed(self.seed)
+        transform = augmentation(p)
+
+        def step(iteration: int) -> dict[str, float]:
+            self.student.train()
+            batch = batch_indices(generator, len(train), int(p["batch_size"]))
+            raw = augment_batch(transform, [store.image(i) for i in batch], self.seed * 1_000_003 + iteration)
+            images, target = to_tensor(raw, self.device), labels[batch].float()
+            features, aux, _ = self.student.encode(images)
+            cls = F.multilabel_soft_margin_loss(
+                self.student.classifier(features).flatten(1).amax(1, keepdim=True), target[:, None]
+            )
+            cls = cls + F.multilabel_soft_margin_loss(
+                self.student.aux_classifier(aux).flatten(1).amax(1, keepdim=True), target[:, None]
+            )
+            _, pseudo = self.pseudo_labels(images, labels[batch])
+            losses = {"cls": cls, "affinity": w["affinity"] * affinity_loss(features, pseudo)}
+            crops, crop_labels = self._local_crops(images, pseudo)
+            if crops.shape[0]:
+                student_local = self.student.projector(self.student.encode(crops)[2])
+                with torch.no_grad():
+                    teacher_local = F.normalize(self.teacher.projector(self.teacher.encode(crops)[2]), dim=-1)
+                bank = torch.cat([teacher_local, self.queue])
+                bank_labels = torch.cat([crop_labels, self.queue_labels])
+                losses["local"] = w["local"] * local_contrast(
+                    student_local, crop_labels, bank, bank_labels, p["local_temperature"]
+                )
+                self.queue = bank[: int(p["queue_size"])].detach()
+                self.queue_labels = bank_labels[: int(p["queue_size"])]
+            small = F.interpolate(pseudo[:, None].float(), size=features.shape[-2:], mode="nearest")[
+                :, 0
+            ].long()
+            if iteration >= int(p["lig_start"]):
+                tokens = self.student.projector(features.flatten(2).transpose(1, 2))
+                self._update_prototypes(images, small)
+                losses["global"] = w["global"] * global_contrast(
+                    tokens, small.flatten(1), self.prototypes, p["global_temperature"]
+                )
+            if iteration >= int(p["seg_start"]):
+                logits = F.interpolate(
+                    self.student.segmentation(features), size=self.size, mode="bilinear", align_corners=False
+                )
+                if (pseudo != IGNORE).any():
+                    losses["segmentation"] = w["segmentation"] * F.cross_entropy(
+                        logits, pseudo, ignore_index=IGNORE
+                    )
+            loss = sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            self._ema()
+            return {"loss": loss.item()} | {k: v.item() for k, v in losses.items()}
+
+        state = {"student": self.student, "teacher": self.teacher, "optimizer": optimizer, "scheduler": scheduler,
+                 "generator": generator}  # fmt: skip
+        return run_iterations(
+            int(p["iterations"]), int(p["log_every"]), checkpoint_path(self.workdir), state, step, "seco"
+        )
+
+    @torch.no_grad()
+    def _update_prototypes(self, images: torch.Tensor, small: torch.Tensor) -> None:
+        """Momentum update of the background and defect prototypes from the teacher's projected tokens."""
+        tokens = self.teacher.projector(self.teacher.encode(images)[0].flatten(2).transpose(1, 2)).reshape(
+            -1, self.prototypes.shape[1]
+        )
+        flat = small.flatten()
+        momentum = float(self.params["prototype_momentum"])
+        for label in (0, 1):
+            chosen = tokens[flat == label]
+            if chosen.shape[0]:
+                self.prototypes[label] = momentum * self.prototypes[label] + (1 - momentum) * F.normalize(
+                    chosen.mean(0), dim=0
+                )
+
+    @torch.no_grad()
+    def _ema(self) -> None:
+        momentum = float(self.params["ema"])
+        for teacher, student in zip(self.teacher.parameters(), self.student.parameters(), strict=True):
+            teacher.mul_(momentum).add_(student.detach(), alpha=1 - momentum)
+
+    @torch.no_grad()
+    def defect_probability(self, images: torch.Tensor) -> torch.Tensor:
+        """Segmentation head's defect probability (N, H, W) over the test scales and a horizontal flip."""
+        self.student.eval()
+        total = torch.zeros(images.shape[0], *self.size, device=self.device)
+        for scale in self.params["test_scales"]:
+            size = [max(16, round(s * scale)) for s in self.size]
+            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            for flip in (False, True):
+                view = scaled.flip(-1) if flip else scaled
+                probability = self.student.segmentation(self.student.encode(view)[0]).softmax(dim=1)[:, 1]
+                total += resize_maps(probability.flip(-1) if flip else probability, self.size)
+        return total / (2 * len(self.params["test_scales"]))
+
+    def predict(self, samples: list[Sample], eval_size: tuple[int, int]) -> Predictions:
+        crf = self.params["crf"]
+        scores, maps = [], []
+        for start in range(0, len(samples), BATCH):
+            raw = [s.read_image(self.size) for s in samples[start : start + BATCH]]
+            probability = self.defect_probability(to_tensor(raw, self.device)).cpu()
+            scores.append(probability.flatten(1).amax(dim=1))
+            refined = [
+                dense_crf(
+                    image,
+                    np.stack([1 - q, q]),
+                    crf["iterations"],
+                    tuple(crf["gaussian"]),
+                    tuple(crf["bilateral"]),
+                )[1]
+                for image, q in zip(raw, probability.numpy(), strict=True)
+            ]
+            maps.append(resize_maps(torch.from_numpy(np.stack(refined)), eval_size))
+        return Predictions([s.image_id for s in samples], torch.cat(scores).numpy(), torch.cat(maps).numpy())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
