@@ -121,7 +121,3 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if maps.dim() == 3:
         maps = maps[:, None]
     return F.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-
-
-def checkpoint_path(workdir: Path | None) -> Path | None:
-    return None if workdir is None else workdir / "checkpoint.pt"

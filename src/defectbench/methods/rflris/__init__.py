@@ -16,7 +16,6 @@ from defectbench.methods.image_level import (
     augment_batch,
     augmentation,
     batch_indices,
-    checkpoint_path,
     resize_maps,
     run_iterations,
     to_tensor,
@@ -125,7 +124,7 @@ class RFLRIS(Method):
 
         state = {"model": self.model, "optimizer": optimizer, "scheduler": scheduler, "generator": generator}
         return run_iterations(
-            int(p["iterations"]), int(p["log_every"]), checkpoint_path(self.workdir), state, step, self.name
+            int(p["iterations"]), int(p["log_every"]), self.checkpoint_path, state, step, self.name
         )
 
     @torch.no_grad()

@@ -18,7 +18,6 @@ from defectbench.methods.image_level import (
     augment_batch,
     augmentation,
     batch_indices,
-    checkpoint_path,
     resize_maps,
     run_iterations,
     to_tensor,
@@ -174,7 +173,7 @@ class SeCo(Method):
         state = {"student": self.student, "teacher": self.teacher, "optimizer": optimizer, "scheduler": scheduler,
                  "generator": generator}  # fmt: skip
         return run_iterations(
-            int(p["iterations"]), int(p["log_every"]), checkpoint_path(self.workdir), state, step, "seco"
+            int(p["iterations"]), int(p["log_every"]), self.checkpoint_path, state, step, "seco"
         )
 
     @torch.no_grad()

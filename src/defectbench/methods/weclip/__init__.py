@@ -15,7 +15,6 @@ from defectbench.methods.base import Method, Predictions, register
 from defectbench.methods.image_level import (
     ImageStore,
     batch_indices,
-    checkpoint_path,
     resize_maps,
     run_iterations,
     to_tensor,
@@ -121,7 +120,7 @@ class WeCLIP(Method):
             "generator": generator,
         }
         return run_iterations(
-            int(p["iterations"]), int(p["log_every"]), checkpoint_path(self.workdir), state, step, "weclip"
+            int(p["iterations"]), int(p["log_every"]), self.checkpoint_path, state, step, "weclip"
         )
 
     @torch.no_grad()
