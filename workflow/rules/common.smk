@@ -16,7 +16,7 @@ EXPERIMENTS = load_experiments()
 # others (trained, predicted, evaluated), as wildcard regexes
 COUNT_EXPERIMENTS = [name for name, spec in EXPERIMENTS.items() if is_split_count(spec)]
 COUNT_EXPERIMENTS_PATTERN = "|".join(COUNT_EXPERIMENTS) or "(?!)"
-METHOD_EXPERIMENTS_PATTERN = f"(?!(?:{COUNT_EXPERIMENTS_PATTERN})$)[^/]+"
+METHOD_EXPERIMENTS_PATTERN = f"(?!(?:{COUNT_EXPERIMENTS_PATTERN})/)[^/]+"
 RUNS = planned_runs(config)
 METRICS_FILES = [paths.METRICS.format(**run.__dict__) for run in RUNS]
 PAPERS = config["papers"]
