@@ -33,7 +33,7 @@ def _sync(device: torch.device) -> None:
 
 
 def samples(folder: Path) -> dict:
-    root = synthesize("rdd2020", folder / "rdd2020", seed=0, n_per_country=4, image_size=512)
+    root = synthesize("rdd2020", folder / "rdd2020", seed=0, n_per_country=10, image_size=512)
     manifest = index_dataset("rdd2020", root, check_counts=False)
     split = make_split("rdd2020", "rdd_70_30", manifest, synthetic=True, seed=0)
     return load_samples(
