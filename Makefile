@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 SNAKEMAKE := $(BIN)/snakemake
 
-.PHONY: install install-gpu demo test lint lock bench gpu-check report clean
+.PHONY: install install-gpu demo test lint lock bench gpu-check report clean repro pull test-cluster
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,22 @@ install-gpu: install
 # `make gpu-check` on a GPU machine (summary in results/gpu_check/cuda/); `make gpu-check DEVICE=cpu`: the CPU smoke.
 gpu-check: $(INSTALL)
 	$(PY) -m defectbench.gpu_check --device $(if $(filter command line,$(origin DEVICE)),$(DEVICE),cuda)
+
+# DVC (README "Sharing results with DVC"): run the workflow as dvc.yaml's stage (records dvc.lock), and bring a
+# pulled or checked-out version back so that Snakemake has nothing to re-run.
+repro: install
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc repro
+
+pull: install
+	PATH=$(abspath $(BIN)):$$PATH $(PY) -m defectbench.versioning
+
+# A real single-node SLURM (Debian's slurmctld/slurmd/munge, installed if missing; needs root), a small part of the
+# demo through workflow/profiles/slurm, compared with a local run. Output: test-artifacts/cluster_test.txt.
+CLUSTER_STATE := /tmp/defectbench-slurm
+test-cluster: install
+	tests/cluster/slurm_up.sh $(CLUSTER_STATE)
+	SLURM_CONF=$(CLUSTER_STATE)/slurm.conf $(PY) -m pytest -m cluster tests/test_cluster.py; \
+	  status=$$?; tests/cluster/slurm_down.sh $(CLUSTER_STATE); exit $$status
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock:

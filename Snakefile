@@ -20,6 +20,17 @@ include: "workflow/rules/report.smk"
 report: "workflow/report/workflow.rst"
 
 
+# Jobs that run beside Snakemake, never as cluster jobs: downloads (compute nodes often lack internet) and the
+# cheap bookkeeping of a few seconds each.
+localrules:
+    download,
+    weights,
+    collect,
+    tables,
+    figures,
+    run_info,
+
+
 rule all:
     default_target: True
     input:

@@ -3,11 +3,14 @@ and split; a few experiments of each paper trained, evaluated and tabulated; inc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -104,11 +107,100 @@ def test_nothing_changed_runs_nothing_and_one_deleted_metrics_reruns_one_evaluat
     snakemake(workdir)
 
 
-def test_same_config_and_seed_give_the_same_metrics(workdir: Path) -> None:
+def planned_runs_of(workdir: Path) -> dict[str, set[str]]:
+    """The run folders each rule of a dry run would write, by rule."""
+    lines = snakemake(workdir, "-n").stdout.splitlines()
+    planned: dict[str, set[str]] = {}
+    rule_name = None
+    for line in lines:
+        if line.startswith(("rule ", "localrule ")):
+            rule_name = line.split()[1].rstrip(":")
+        elif line.strip().startswith("output:") and rule_name:
+            planned.setdefault(rule_name, set()).update(
+                re.findall(r"results/runs/([^/]+/[^/]+/[^/]+/seed\d+)/", line)
+            )
+    return {rule_name: runs for rule_name, runs in planned.items() if runs}
+
+
+def edit_yaml(path: Path, edit: Callable[[dict], None]) -> str:
+    """Apply `edit` to the YAML file; returns the original text (to restore it)."""
+    original = path.read_text()
+    content = yaml.safe_load(original)
+    edit(content)
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return original
+
+
+def test_an_edit_reruns_exactly_the_runs_whose_settings_it_changes(workdir: Path) -> None:
+    experiments = workdir / "config" / "experiments" / "segdec.yaml"
+    run = "ksdd2/ksdd2/segdec_ksdd2_n0/seed0"
+    original = edit_yaml(experiments, lambda c: c["segdec_ksdd2_n0"]["params"].update(delta=0.5))
+    try:
+        assert planned_runs_of(workdir) == {"train": {run}, "predict": {run}, "evaluate": {run}}
+    finally:
+        experiments.write_text(original)
+    # Reformatting or commenting a file changes no setting, so nothing re-runs.
+    (experiments.parent / "baselines.yaml").write_text(
+        (experiments.parent / "baselines.yaml").read_text() + "# x\n"
+    )
+    assert "Nothing to be done" in snakemake(workdir, "-n").stdout
+    methods = workdir / "config" / "methods" / "segdec.yaml"
+    original = edit_yaml(methods, lambda c: c["demo"]["datasets"]["ksdd2"].update(input_size=[176, 32]))
+    try:
+        segdec_runs = {f"ksdd2/ksdd2/{e}/seed0" for e in EXPERIMENTS if e.startswith("segdec")}
+        assert planned_runs_of(workdir) == dict.fromkeys(("train", "predict", "evaluate"), segdec_runs)
+    finally:
+        methods.write_text(original)
+
+
+def test_config_hash_is_the_hash_of_the_resolved_settings(workdir: Path) -> None:
+    from defectbench.experiments import load_experiments, run_settings
+    from defectbench.plan import Run
+    from defectbench.provenance import config_hash
+
+    config = yaml.safe_load((workdir / "config" / "test.yaml").read_text())
+    hashes = set()
+    for experiment in EXPERIMENTS:
+        dataset, category = ("mvtec_ad", "carpet") if experiment == "patchcore" else ("ksdd2", "ksdd2")
+        run = Run(dataset, category, experiment, 0)
+        record = json.loads((workdir / run.directory / "metrics.json").read_text())
+        settings = run_settings(
+            dataset, experiment, config, load_experiments(workdir / "config"), workdir / "config"
+        )
+        assert record["config_hash"] == config_hash(settings), experiment
+        hashes.add(record["config_hash"])
+    assert len(hashes) == len(EXPERIMENTS)
+
+
+def sha256s(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and "logs" not in path.parts
+    }
+
+
+def test_a_rerun_with_the_same_settings_writes_byte_identical_products(workdir: Path) -> None:
+    """DVC stores a new version of every file whose bytes change: identical results must be identical files
+    (model.pt used to embed its random temporary name). Only the measured wall times differ."""
     target = "results/runs/ksdd2/ksdd2/segdec_ksdd2_n246/seed0/metrics.json"
-    before = json.loads((workdir / target).read_text())["metrics"]
-    snakemake(workdir, "--forcerun", "train", "--until", "evaluate", target)
-    assert json.loads((workdir / target).read_text())["metrics"] == before
+    before = sha256s(workdir / "results")
+    metrics_before = json.loads((workdir / target).read_text())
+    # Manifests and splits: tests/test_byte_identical.py.
+    rerun = ["train", "predict", "evaluate", "collect", "tables", "figures", "run_info"]
+    snakemake(workdir, "--forcerun", *rerun)
+    after = sha256s(workdir / "results")
+    timed = {
+        name for name in before if name.endswith(("train_time.json", "predict_time.json", "metrics.json"))
+    }
+    assert before.keys() == after.keys()
+    assert {name for name in before if before[name] != after[name]} <= timed
+    assert any(name.endswith("model.pt") for name in before) and any(name.endswith(".png") for name in before)
+    metrics_after = json.loads((workdir / target).read_text())
+    assert metrics_after["metrics"] == metrics_before["metrics"]
+    for record in (metrics_before, metrics_after):
+        del record["wall_time_s"]
+    assert metrics_after == metrics_before
 
 
 def test_report_shows_the_tables(workdir: Path) -> None:
@@ -144,3 +236,23 @@ def test_report_shows_the_tables(workdir: Path) -> None:
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     assert "segdec" in report_dom and "racam" in report_dom
+
+
+def test_slurm_profile_asks_gpu_jobs_for_a_gres_gpu(workdir: Path) -> None:
+    """The profile checked with the executor plugin installed; `make test-cluster` runs it on a real SLURM (and
+    checks there that collect, tables, figures and run_info stay local)."""
+    output = snakemake(
+        workdir, "-n", "--workflow-profile", "workflow/profiles/slurm", "--forcerun", "train"
+    ).stdout
+    jobs = re.split(r"^(?=rule )", output, flags=re.MULTILINE)[1:]
+    resources = {}
+    for job in jobs:
+        rule_name = job.split()[1].rstrip(":")
+        resources.setdefault(rule_name, set()).add(re.search(r"resources: (.*)", job).group(1))
+    assert {"train", "predict", "evaluate", "collect", "tables"} <= set(resources), resources
+    for rule_name, lines in resources.items():
+        gpu_job = rule_name in ("train", "predict")
+        assert all(("gres=gpu:1" in line and "gpu=0" in line) == gpu_job for line in lines), (
+            rule_name,
+            lines,
+        )

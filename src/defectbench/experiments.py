@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -115,3 +116,35 @@ def _check_schema(path: Path, experiments: Mapping[str, Any]) -> None:
                 )
     if lines:
         raise ValueError(f"{path} does not match {SCHEMA_PATH.name}:\n" + "\n".join(lines))
+
+
+# Keys that select where an experiment or dataset runs, not how a given run is computed: adding a dataset or
+# category to an experiment or a dataset, or a mirror URL (the checksum still applies), changes no existing result.
+_PLACEMENT_KEYS = {"experiment": ("datasets", "categories"), "dataset": ("categories", "urls")}
+
+
+def run_settings(
+    dataset: str,
+    experiment: str,
+    config: Mapping[str, Any],
+    experiments: Mapping[str, Any] | None = None,
+    config_dir: Path = CONFIG_DIR,
+) -> dict[str, Any]:
+    """Every setting the results of a run of `experiment` on `dataset` depend on, resolved: the experiment entry,
+    the method's hyper-parameters (paper ← demo ← dataset ← experiment) and the dataset's settings (the same for
+    every category and seed). The rules pass it as a Snakemake param, so an edit re-runs exactly the runs it
+    changes, and its hash is metrics.json's `config_hash`."""
+    entry = (experiments if experiments is not None else load_experiments(config_dir))[experiment]
+    params = method_params(entry["method"], dataset, config["scale"], entry.get("params"), config_dir)
+    return {
+        "experiment": {k: v for k, v in entry.items() if k not in _PLACEMENT_KEYS["experiment"]},
+        "params": params,
+        "dataset": {
+            k: v for k, v in config["datasets"][dataset].items() if k not in _PLACEMENT_KEYS["dataset"]
+        },
+    }
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    """The canonical text of resolved settings (sorted keys): Snakemake compares params by their text."""
+    return json.dumps(settings, sort_keys=True, default=str)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -45,6 +46,22 @@ def write_csv(dest: str | os.PathLike, frame: pd.DataFrame) -> Path:
     with atomic_path(dest) as tmp:
         frame.to_csv(tmp, index=False)
     return Path(dest)
+
+
+def write_bytes(dest: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
+
+
+def write_torch(dest: str | os.PathLike, obj: Any) -> Path:
+    """`torch.save` through memory: saved to a path, torch names the zip's records after the (random) temporary
+    file, so two identical models would differ byte-wise (and DVC would store each as a new version)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes(dest, buffer.getvalue())
 
 
 def write_npz(dest: str | os.PathLike, **arrays: np.ndarray) -> Path:

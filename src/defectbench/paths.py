@@ -7,6 +7,7 @@ DATASETS_DIR = "resources/datasets"  # real data, extracted from the verified ar
 SYNTHETIC_DIR = "resources/synthetic"  # demo data, kept apart so that real and synthetic files never mix
 DATASET_READY = "resources/{dataset}.ready"  # written once a dataset is extracted or synthesized
 WEIGHTS_DIR = "resources/weights"
+WEIGHTS = WEIGHTS_DIR + "/{file}"  # a file of a registry entry (defectbench/methods/weights.yaml)
 
 MANIFEST = "results/manifests/{dataset}.csv"
 SPLIT = "results/splits/{dataset}/{protocol}.csv"

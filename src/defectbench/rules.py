@@ -78,6 +78,14 @@ def download(smk: Any) -> None:
 
 
 @rule
+def weights(smk: Any) -> None:
+    """One verified file of the pretrained weights registry (resources/weights/<file>)."""
+    from defectbench.methods.weights import fetch_weights_file
+
+    fetch_weights_file(smk.wildcards.file, Path(smk.output[0]))
+
+
+@rule
 def prepare_dataset(smk: Any) -> None:
     """Extract the verified archives into resources/datasets/<dataset>/, or synthesize the demo dataset into
     resources/synthetic/<dataset>/; the .ready file names the folder."""

@@ -16,8 +16,8 @@ import pandas as pd
 from defectbench.data.images import DataError
 from defectbench.data.locations import is_synthetic, ready_root
 from defectbench.data.samples import Sample, load_samples
-from defectbench.experiments import CONFIG_DIR, load_experiments, method_params
-from defectbench.io import atomic_path, write_csv, write_json
+from defectbench.experiments import CONFIG_DIR, load_experiments, method_params, run_settings
+from defectbench.io import write_csv, write_json, write_torch
 from defectbench.plan import Run
 from defectbench.predictions import Predictions
 from defectbench.provenance import config_hash, git_commit
@@ -80,7 +80,10 @@ class RunContext:
         return upstream["method"], params
 
     def hash(self) -> str:
-        return config_hash(self.experiment, self.params, self.config["datasets"][self.run.dataset])
+        """Hash of the run's resolved settings, the same ones its jobs receive as a Snakemake param."""
+        return config_hash(
+            run_settings(self.run.dataset, self.run.experiment, self.config, config_dir=self.config_dir)
+        )
 
 
 def _load_method(name: str, params: Mapping[str, Any], model: Path, seed: int, device: Any) -> Any:
@@ -144,8 +147,7 @@ def train(
         seconds = time.perf_counter() - started
         payload = {"method": context.method, "params": context.params, "state": method.state_dict()}
         ran_on = device_report(device, leased)
-    with atomic_path(model) as tmp:
-        torch.save(payload, tmp)
+    write_torch(model, payload)
     write_csv(train_log, pd.DataFrame(log or [{"epoch": 0}]))
     write_json(train_time, {"seconds": seconds, **ran_on})
     if method.checkpoint_path is not None:

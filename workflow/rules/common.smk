@@ -1,11 +1,19 @@
 # Everything the rules need to know, derived once from the config, the experiments and the table specs.
+import functools
+
 from defectbench import paths
 from defectbench.config import validate_config
 from defectbench.data.datasets import dataset_names
 from defectbench.data.registry import dataset_entry
 from defectbench.data.splits import protocols_for
 from defectbench.data.locations import dataset_dir, is_synthetic
-from defectbench.experiments import is_split_count, load_experiments
+from defectbench.experiments import (
+    is_split_count,
+    load_experiments,
+    run_settings,
+    settings_key,
+)
+from defectbench.methods.weights import required_weights, weights_files
 from defectbench.plan import planned_runs
 from defectbench.tables import figure_names
 
@@ -52,6 +60,27 @@ wildcard_constraints:
     paper=r"[^/]+",
 
 
+@functools.cache
+def settings_of(dataset, experiment):
+    """Resolved settings of the runs of `experiment` on `dataset` (the same for every category and seed)."""
+    return run_settings(dataset, experiment, config, EXPERIMENTS)
+
+
+def resolved_settings(wildcards):
+    """The run's resolved settings (a param of its jobs): an edit re-runs exactly the runs whose settings it changes."""
+    return settings_key(settings_of(wildcards.dataset, wildcards.experiment))
+
+
+def run_weights(wildcards):
+    """The pretrained weights files the run loads (none unless its settings say `pretrained: true`)."""
+    params = settings_of(wildcards.dataset, wildcards.experiment)["params"]
+    return [
+        paths.WEIGHTS.format(file=file)
+        for name in required_weights(params)
+        for file in weights_files(name)
+    ]
+
+
 def upstream_models(wildcards):
     """model.pt of the experiment's upstream run (same dataset, category and seed), if it has one."""
     upstream = EXPERIMENTS[wildcards.experiment].get("upstream")
@@ -78,6 +107,6 @@ def run_inputs(wildcards):
         "split": paths.SPLIT.format(
             dataset=wildcards.dataset, protocol=experiment["protocol"]
         ),
-        "method_config": f"config/methods/{experiment['method']}.yaml",
         "upstream": upstream_models(wildcards),
+        "weights": run_weights(wildcards),
     }

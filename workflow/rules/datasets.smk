@@ -1,4 +1,5 @@
-# download → extract (or synthesize) → index: resources/datasets/<dataset>/ and results/manifests/<dataset>.csv
+# download → extract (or synthesize) → index: resources/datasets/<dataset>/ and results/manifests/<dataset>.csv;
+# pretrained weights: resources/weights/ (the registry defectbench/methods/weights.yaml), verified like archives.
 
 
 rule download:
@@ -6,6 +7,18 @@ rule download:
         protected(paths.ARCHIVE),
     log:
         paths.LOGS.format(rule="download", name="{dataset}/{filename}"),
+    retries: 1
+    conda:
+        "../../envs/defectbench.yaml"
+    script:
+        "../scripts/rule.py"
+
+
+rule weights:
+    output:
+        protected(paths.WEIGHTS),
+    log:
+        paths.LOGS.format(rule="weights", name="{file}"),
     retries: 1
     conda:
         "../../envs/defectbench.yaml"

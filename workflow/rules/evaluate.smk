@@ -18,6 +18,8 @@ rule evaluate:
         experiment=METHOD_EXPERIMENTS_PATTERN,
     conda:
         "../../envs/defectbench.yaml"
+    params:
+        settings=resolved_settings,
     script:
         "../scripts/rule.py"
 

@@ -17,6 +17,8 @@ rule train:
     threads: config["threads_per_job"]
     resources:
         gpu=1,
+    params:
+        settings=resolved_settings,
     script:
         "../scripts/rule.py"
 
@@ -37,5 +39,7 @@ rule predict:
     threads: config["threads_per_job"]
     resources:
         gpu=1,
+    params:
+        settings=resolved_settings,
     script:
         "../scripts/rule.py"

@@ -1,8 +1,7 @@
-"""Backbones from timm, with weights only from the local cache (never from a hub at run time)."""
+"""Backbones from timm, with weights only from the verified local cache (never from a hub at run time)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import timm
@@ -10,37 +9,33 @@ import torch
 from torch import nn
 
 from defectbench.data.images import DataError
+from defectbench.methods.weights import verify_weights, weights_path
 
-WEIGHTS_DIR_ENV = "DEFECTBENCH_WEIGHTS_DIR"
-DEFAULT_WEIGHTS_DIR = Path("resources/weights")
+# weights_path (methods.weights) is re-exported here: methods import it from backbones.
+__all__ = ["create_backbone", "imagenet_normalize", "weights_path"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def weights_path(name: str, weights_dir: Path | None = None) -> Path:
-    """Where the cached ImageNet weights of timm model `name` are expected: `<weights_dir>/<name>.pth`."""
-    directory = weights_dir or Path(os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR))
-    return directory / f"{name}.pth"
 
 
 def create_backbone(
     name: str, pretrained: bool, weights_dir: Path | None = None, seed: int = 0, **timm_kwargs: object
 ) -> nn.Module:
-    """A timm model in eval mode; random weights seeded by `seed`, or the cached pretrained ones."""
+    """A timm model in eval mode; random weights seeded by `seed`, or the verified local ImageNet weights of the
+    registry entry `name` (timm adapts torchvision's key names through the model's own checkpoint filter)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = timm.create_model(name, pretrained=False, **timm_kwargs)
-    if pretrained:
-        path = weights_path(name, weights_dir)
-        if not path.exists():
-            raise DataError(
-                f"pretrained weights for {name} not found at {path}; run `snakemake {path}` with internet, "
-                f"or place the timm state dict there (or set pretrained: false)"
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, **timm_kwargs).eval()
+        path = verify_weights(name, weights_dir)
+        try:
+            model = timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **timm_kwargs
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, _unexpected = model.load_state_dict(state, strict=False)
-        if any(not key.startswith(("fc.", "head", "classifier")) for key in missing):
-            raise DataError(f"{path} does not match {name}: missing {missing[:5]}; re-download it")
+        except (RuntimeError, KeyError) as err:
+            raise DataError(
+                f"{path} does not match timm model {name} ({err}); delete it and fetch it again"
+            ) from err
     return model.eval()
 
 

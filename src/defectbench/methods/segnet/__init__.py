@@ -19,9 +19,10 @@ from torch.nn import functional as F
 
 from defectbench.data.images import DataError
 from defectbench.data.samples import Sample
-from defectbench.methods.backbones import imagenet_normalize, weights_path
+from defectbench.methods.backbones import imagenet_normalize
 from defectbench.methods.base import Method, Predictions, register
 from defectbench.methods.images import load_images
+from defectbench.methods.weights import verify_weights
 from defectbench.metrics import otsu_thresholds_per_image
 from defectbench.training import EpochLoop, seed_everything
 
@@ -31,7 +32,7 @@ LABEL_SOURCES = ("mask", "pseudo")
 
 def build_network(params: dict[str, Any], seed: int, weights_dir: Path | None = None) -> nn.Module:
     """The smp network with random weights (seeded); with `pretrained`, its encoder takes the ImageNet weights of
-    the timm model of the same name from the local cache (`<weights_dir>/<encoder>.pth`, e.g. resnet50.pth):
+    the registry entry of the same name (methods/weights.yaml, e.g. resnet50: torchvision's file), verified:
     timm's ResNets use torchvision's parameter names, which smp's ResNet encoders keep."""
     architecture = params["architecture"]
     if architecture not in ARCHITECTURES:
@@ -42,12 +43,7 @@ def build_network(params: dict[str, Any], seed: int, weights_dir: Path | None = 
         torch.manual_seed(seed)
         network = ARCHITECTURES[architecture](encoder_name=params["encoder"], encoder_weights=None, classes=2)
     if params["pretrained"]:
-        path = weights_path(params["encoder"], weights_dir)
-        if not path.exists():
-            raise DataError(
-                f"ImageNet weights for encoder {params['encoder']} not found at {path}; fetch the timm weights "
-                "into the weights cache (snakemake the path) or set pretrained: false"
-            )
+        path = verify_weights(params["encoder"], weights_dir)
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing, _ = network.encoder.load_state_dict(state, strict=False)
         if missing:
