@@ -100,7 +100,9 @@ class SegDec(Method):
 
     # ---- data ---------------------------------------------------------------------------------------------
     def _images(self, samples: Sequence[Sample]) -> torch.Tensor:
-        images = load_images(samples, self.input_size, "L" if self.channels == 1 else "RGB")
+        images = load_images(
+            samples, self.input_size, "L" if self.channels == 1 else "RGB", channels_last=True
+        )
         return images.float().div_(255.0).to(self.device)
 
     def _targets(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
