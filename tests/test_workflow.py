@@ -94,6 +94,10 @@ def test_runs_are_evaluated_and_tabulated(workdir: Path) -> None:
     table = pd.read_csv(workdir / "results" / "tables" / "weakrest" / "table1.csv")
     assert (table["status"] == "measured").any() and (table["status"] == "not run").any()
     assert "synthetic demo data" in (workdir / "results" / "tables" / "racam" / "table2.md").read_text()
+    iou = metrics[metrics["metric"] == "iou"].set_index("experiment")["value"]
+    assert (
+        iou["racam_ksdd2_racam"] > iou["racam_ksdd2_gradcam"] + 0.3
+    )  # measured 0.66 vs 0.03 (gate: prediction)
 
 
 def test_nothing_changed_runs_nothing_and_one_deleted_metrics_reruns_one_evaluation(workdir: Path) -> None:
