@@ -226,8 +226,9 @@ def test_segmentation_scores_dataset_level_counts() -> None:
     scores = segmentation_scores(pred, gt)
     background_iou = 27 / 30  # TN = 32 - 2 - 1 - 2
     assert scores == pytest.approx(
-        {"iou": 2 / 5, "miou": (2 / 5 + background_iou) / 2, "precision": 2 / 3, "recall": 1 / 2, "f1": 4 / 7}
-    )
+        {"iou": 2 / 5, "miou": (2 / 5 + background_iou) / 2, "precision": 2 / 3, "recall": 1 / 2, "f1": 4 / 7,
+         "px_tp": 2, "px_fp": 1, "px_fn": 2, "px_tn": 27}
+    )  # fmt: skip
     with pytest.warns(MetricWarning):
         assert np.isnan(segmentation_scores(np.zeros_like(gt), np.zeros_like(gt))["iou"])
 

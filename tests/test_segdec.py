@@ -26,7 +26,7 @@ from defectbench.metrics import average_precision
 FAST = {
     "channels": 3, "volume_channels": 32, "epochs": 2, "lr": 0.01, "delta": 1.0, "batch_size": 2, "dilate": 3,
     "p": 2.0, "w_pos": 3.0, "dynamic_balancing": True, "gradient_adjustment": True, "distance_transform": True,
-    "frequency_sampling": True, "checkpoint_every": 1,
+    "frequency_sampling": True, "checkpoint_every": 1, "decision_target": "hard", "dt_normalisation": "region",
 }  # fmt: skip
 
 

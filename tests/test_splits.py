@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,9 @@ import pytest
 
 from defectbench.data import splits
 from defectbench.data.images import DataError
+from defectbench.data.indexers import index_dataset
 from defectbench.data.samples import MANIFEST_COLUMNS, SPLIT_COLUMNS, read_table
+from defectbench.data.synthetic import generator_options, synthesize
 
 
 def make_manifest(rows: list[dict]) -> pd.DataFrame:
@@ -434,26 +436,73 @@ def severstal_manifest(negatives: int = 100, class3: int = 60, class1: int = 10)
 
 
 def test_severstal_holds_out_fixed_val_and_test_and_scales_synthetic_counts():
-    manifest = severstal_manifest()
+    manifest = (
+        severstal_manifest()
+    )  # 51 class-3-only positives: the 9 with class 1 beside class 3 leave the pool
     small = splits.make_split("severstal", "segdec_nall300_n10", manifest, synthetic=True)
     large = splits.make_split("severstal", "segdec_nall3000_n3000", manifest, synthetic=True)
     assert not small["image_id"].str.contains("/o").any()
-    for subset, count in (("test", 20 + 12), ("val", 10 + 6)):
+    multi = {f"train_images/p{i:04d}" for i in range(0, 60, 7)}
+    assert not (set(large["image_id"]) & multi)
+    for subset, count in (("test", 20 + 10), ("val", 10 + 5)):
         assert (small["subset"] == subset).sum() == count
         assert set(small.loc[small["subset"] == subset, "image_id"]) == set(
             large.loc[large["subset"] == subset, "image_id"]
         )
     positives = lambda s: training(s)[training(s)["image_id"].str.contains("/p")]  # noqa: E731
-    assert len(positives(large)) == 42 and (positives(large)["pixel_label"] == 1).all()
-    assert len(positives(small)) == 4 and positives(small)["pixel_label"].sum() == 1  # 300 * 42/3000, 10 -> 1
+    assert len(positives(large)) == 36 and (positives(large)["pixel_label"] == 1).all()
+    assert len(positives(small)) == 4 and positives(small)["pixel_label"].sum() == 1  # 300 * 36/3000, 10 -> 1
     assert (training(small)["image_id"].str.contains("/n")).sum() == 70
     assert set(positives(small)["image_id"]) <= set(positives(large)["image_id"])
     unsupervised = splits.make_split("severstal", "unsupervised", manifest, synthetic=True)
-    assert len(positives(unsupervised)) == 0 and (unsupervised["subset"] == "val").sum() == 16
-    with pytest.raises(DataError, match="only 42 class-3 positives"):
+    assert len(positives(unsupervised)) == 0 and (unsupervised["subset"] == "val").sum() == 15
+    with pytest.raises(
+        DataError, match="51 class-3-only positives and 100 defect-free images, not the 4759 and 5902"
+    ):
         splits.make_split("severstal", "segdec_nall300_n10", manifest, synthetic=False)
     with pytest.raises(ValueError, match="cannot exceed"):
         splits.make_split("severstal", "segdec_nall300_n750", manifest, synthetic=True)
+
+
+def test_severstal_pool_sizes_on_the_synthetic_data(tmp_path: Path) -> None:
+    root = synthesize("severstal", tmp_path / "severstal", seed=0)
+    manifest = index_dataset("severstal", root, check_counts=False)
+    pools = splits.severstal_pools(manifest)
+    options = generator_options(
+        "severstal"
+    )  # 24 class-3-only, 4 with class 3 and another class, 20 negatives
+    assert len(pools["positive"]) == options["n_class3"] and len(pools["negative"]) == options["n_negative"]
+    official = splits.make_split("severstal", "official", manifest, synthetic=True)
+    assert set(official["image_id"]) == set(pools["positive"]) | set(pools["negative"])
+
+
+def test_severstal_ablation_trains_and_tests_on_equal_halves():
+    manifest = severstal_manifest(negatives=100, class3=60)
+    ablation = splits.make_split("severstal", "segdec_ablation_n250", manifest, synthetic=True)
+    # synthetic: 1000 -> half the smaller pool (51 // 2 = 25) of each kind; N = 250 of 1000 -> 6 of 25
+    for subset in ("train", "test"):
+        rows = ablation[ablation["subset"] == subset]
+        assert (
+            rows["image_id"].str.contains("/p").sum() == 25
+            and rows["image_id"].str.contains("/n").sum() == 25
+        )
+    assert set(ablation["subset"]) == {"train", "test"}
+    assert positives_labelled(ablation) == 6
+    assert (
+        positives_labelled(splits.make_split("severstal", "segdec_ablation_n0", manifest, synthetic=True))
+        == 0
+    )
+    train = set(training(ablation)["image_id"])
+    assert not train & set(ablation.loc[ablation["subset"] == "test", "image_id"])
+    real = severstal_manifest(negatives=5902, class3=4759 * 7 // 6 + 1, class1=0)  # 4,759 class-3-only
+    paper = splits.make_split("severstal", "segdec_ablation_n250", real, synthetic=False)
+    assert (paper["subset"] == "train").sum() == (paper["subset"] == "test").sum() == 2000
+    assert positives_labelled(paper) == 250
+
+
+def positives_labelled(split: pd.DataFrame) -> int:
+    rows = training(split)
+    return int(rows.loc[rows["image_id"].str.contains("/p"), "pixel_label"].sum())
 
 
 def rdd_manifest() -> pd.DataFrame:

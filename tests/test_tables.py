@@ -407,8 +407,8 @@ def test_metrics_counts_accepted_for_fp_fn_only(tmp_path):
     assert loaded.loc[loaded["metric"] == "fp", "value"].tolist() == [1010.0]
     for metric, value, message in [
         ("i_ap", 87.5, r"i_ap = 87.5, outside \[0, 1\]"),
-        ("fp", 2.5, r"fp = 2.5; fp, fn, n_images are image counts"),
-        ("fn", -1.0, r"fn = -1.0; fp, fn, n_images are image counts"),
+        ("fp", 2.5, r"fp = 2.5; fp, fn, px_tp, px_fp, px_fn, px_tn, n_images are image or pixel counts"),
+        ("fn", -1.0, r"fn = -1.0; fp, fn, px_tp, px_fp, px_fn, px_tn, n_images are image or pixel counts"),
     ]:
         (tmp_path / metric).mkdir()
         _, _, metrics = write_inputs(tmp_path / metric)

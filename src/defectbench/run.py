@@ -47,7 +47,8 @@ class RunContext:
         self.params = method_params(
             self.method, run.dataset, config["scale"], self.experiment.get("params"), config_dir
         )
-        self.eval_size = tuple(config["datasets"][run.dataset]["eval_size"])
+        # a method's own `eval_size` (e.g. RA-CAM's 224×640 on KSDD2) overrides the dataset's
+        self.eval_size = tuple(self.params.get("eval_size") or config["datasets"][run.dataset]["eval_size"])
         self.config_dir = config_dir
 
     def samples(self) -> dict[str, list[Sample]]:

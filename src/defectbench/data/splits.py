@@ -54,6 +54,10 @@ RDD_CLASSES = ("D00", "D10", "D20", "D40")
 RDD_TRAIN_TENTHS = 7
 SUBSET_ORDER = {"train": 0, "val": 1, "test": 2}
 _SEVERSTAL_PATTERN = re.compile(r"segdec_nall(\d+)_n(\d+)")
+_SEVERSTAL_ABLATION = re.compile(r"segdec_ablation_n(\d+)")
+SEVERSTAL_ABLATION_SIZE = (
+    1000  # Table 4 (section 5.5): 1,000 positives and 1,000 negatives to train, as many to test
+)
 Builder = Callable[[pd.DataFrame, bool, int], pd.DataFrame]  # (manifest, synthetic, seed) -> split rows
 
 
@@ -362,6 +366,39 @@ def _severstal_classes(defect_type: str) -> set[str]:
     return set(re.findall(r"\d+", defect_type))
 
 
+def severstal_pools(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The SegDecNet pools, sorted: `positive` = images whose only defect class is 3, `negative` = defect-free.
+
+    Images with any other class (alone or beside class 3) leave the pool, as in the authors' split files (4,759
+    positives and 5,902 negatives of the real train_images: registry.yaml `segdec_pool`)."""
+    only_class3 = frame["defect_type"].map(lambda t: _severstal_classes(t) == {SEVERSTAL_CLASS})
+    return {
+        "negative": np.sort(frame.loc[frame["label"] == 0, "image_id"].to_numpy()),
+        "positive": np.sort(frame.loc[(frame["label"] == 1) & only_class3, "image_id"].to_numpy()),
+    }
+
+
+def _shuffled_severstal_pools(frame: pd.DataFrame, synthetic: bool, seed: int) -> dict[str, np.ndarray]:
+    """Both pools shuffled with their own seeded streams; real data must hold the registry's pool sizes."""
+    pools = severstal_pools(frame)
+    if pools["positive"].size == 0:
+        raise DataError(
+            "the severstal manifest has no class-3-only positives; its defect_type must list the ClassIds of each image"
+        )
+    if not synthetic:
+        from defectbench.data.registry import dataset_entry
+
+        expected = dataset_entry("severstal")["segdec_pool"]
+        found = {"positives": len(pools["positive"]), "negatives": len(pools["negative"])}
+        if found != {k: expected[k] for k in found}:
+            raise DataError(
+                f"the severstal manifest has {found['positives']} class-3-only positives and {found['negatives']} "
+                f"defect-free images, not the {expected['positives']} and {expected['negatives']} of the complete "
+                "Kaggle train_images; index the complete train_images and train.csv"
+            )
+    return {kind: ids[_rng(seed, f"severstal/{kind}").permutation(len(ids))] for kind, ids in pools.items()}
+
+
 def _severstal(
     frame: pd.DataFrame,
     n_all: int | None,
@@ -370,31 +407,21 @@ def _severstal(
     seed: int,
     unsupervised: bool = False,
 ) -> pd.DataFrame:
-    """Severstal `segdec_nall{A}_n{N}`: all negatives plus class-3 positives, A positives trained on, N labelled.
+    """Severstal `segdec_nall{A}_n{N}`: all pool negatives plus A class-3-only positives, N of them labelled.
 
-    The pool is every image without defects (label 0) and every image whose `defect_type` lists class 3 (section
-    4.1); images with other classes only are left out. Negatives and positives are each shuffled with the seed
-    and cut into a fixed test set (20 %), validation set (10 %, `subset=val`: Severstal evaluates the best model on
-    a separate validation split) and training pool (70 %), the same for every A and N so that results are
-    comparable. Training: all pool negatives ("regardless of N and N_all") and the first A pool positives, the
-    first N of which are pixel-labelled (nested sets). `n_all=None` means every pool positive, all labelled
-    (`official`); `unsupervised` keeps the training negatives only.
+    The pools are `severstal_pools` (section 4.1 and the authors' split files). Negatives and positives are each
+    shuffled with the seed and cut into a fixed test set (20 %), validation set (10 %, `subset=val`: Severstal
+    evaluates the best model on a separate validation split) and training pool (70 %), the same for every A and N
+    so that results are comparable. Training: all pool negatives ("regardless of N and N_all") and the first A
+    pool positives, the first N of which are pixel-labelled (nested sets). `n_all=None` means every pool positive,
+    all labelled (`official`); `unsupervised` keeps the training negatives only.
 
     Real data whose pool has fewer than A positives raises DataError. Synthetic data scales A and N by
     pool / 3000 (the paper's largest A), rounding and keeping at least one image where the paper has one, so the
     demo keeps the paper's ratios; a pool of 3000 or more is used unscaled.
     """
-    negatives = frame.loc[frame["label"] == 0, "image_id"]
-    has_class = frame["defect_type"].map(lambda t: SEVERSTAL_CLASS in _severstal_classes(t))
-    positives = frame.loc[(frame["label"] == 1) & has_class, "image_id"]
-    if positives.empty:
-        raise DataError(
-            "the severstal manifest has no class-3 positives; its defect_type must list the ClassIds of each image"
-        )
     subsets = {}
-    for kind, ids in (("negative", negatives), ("positive", positives)):
-        ids = np.sort(ids.to_numpy())
-        ids = ids[_rng(seed, f"severstal/{kind}").permutation(len(ids))]
+    for kind, ids in _shuffled_severstal_pools(frame, synthetic, seed).items():
         n_test, n_val = round(SEVERSTAL_TEST_FRACTION * len(ids)), round(SEVERSTAL_VAL_FRACTION * len(ids))
         subsets[kind] = {
             "test": ids[:n_test],
@@ -421,6 +448,31 @@ def _severstal(
     for subset in ("val", "test"):
         parts += [_rows(subsets[kind][subset], "severstal", subset) for kind in ("negative", "positive")]
     return pd.concat(parts, ignore_index=True)
+
+
+def _severstal_ablation(frame: pd.DataFrame, n_seg: int, synthetic: bool, seed: int) -> pd.DataFrame:
+    """Severstal `segdec_ablation_n{N}` (Table 4, section 5.5): 1,000 negatives and 1,000 class-3-only positives
+    train, N of the positives pixel-labelled (nested), and another 1,000 of each test; no validation subset.
+
+    The same shuffled pools as `segdec_nall*`: the first 1,000 of each pool test, the next 1,000 train. Synthetic
+    data uses half of the smaller pool instead of 1,000 and scales N alike (at least one where N > 0)."""
+    pools = _shuffled_severstal_pools(frame, synthetic, seed)
+    size = SEVERSTAL_ABLATION_SIZE
+    if synthetic:
+        size = min(size, min(len(ids) for ids in pools.values()) // 2)
+        n_seg = 0 if n_seg == 0 else max(1, round(n_seg * size / SEVERSTAL_ABLATION_SIZE))
+    if n_seg > size:
+        raise ValueError(f"segdec_ablation_n{n_seg}: N cannot exceed the {size} training positives")
+    flags = (np.arange(size) < n_seg).astype(int)
+    return pd.concat(
+        [
+            _rows(pools["negative"][size : 2 * size], "severstal", "train"),
+            _rows(pools["positive"][size : 2 * size], "severstal", "train", pixel_label=flags),
+            _rows(pools["negative"][:size], "severstal", "test"),
+            _rows(pools["positive"][:size], "severstal", "test"),
+        ],
+        ignore_index=True,
+    )
 
 
 def _scaled_severstal_counts(n_all: int, n_seg: int, pool_size: int) -> tuple[int, int]:
@@ -523,7 +575,11 @@ def severstal_protocols() -> dict[str, Builder]:
 
 
 def severstal_protocol(name: str) -> Builder | None:
-    """The builder of `segdec_nall{A}_n{N}` for any A and N, or None for another name."""
+    """The builder of `segdec_nall{A}_n{N}` or `segdec_ablation_n{N}` for any A and N, or None for another name."""
+    ablation = _SEVERSTAL_ABLATION.fullmatch(name)
+    if ablation is not None:
+        n_seg = int(ablation[1])
+        return lambda frame, synthetic, seed: _severstal_ablation(frame, n_seg, synthetic, seed)
     match = _SEVERSTAL_PATTERN.fullmatch(name)
     if match is None:
         return None

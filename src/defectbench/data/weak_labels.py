@@ -128,14 +128,22 @@ def dilate(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.dilate(binary, np.ones((size, size), dtype=np.uint8))
 
 
-def segdec_loss_weights(mask: np.ndarray, p: float, w_pos: float) -> np.ndarray:
+DT_NORMALISATIONS = ("region", "image")
+
+
+def segdec_loss_weights(
+    mask: np.ndarray, p: float, w_pos: float, normalisation: str = "region"
+) -> np.ndarray:
     """SegDecNet per-pixel segmentation-loss weights (paper Eq. 4-5), float32 (H, W).
 
     A positive pixel gets w_pos * (D / D_max)^p, with D its Euclidean distance to the nearest negative pixel
     (scipy's EDT: a pixel next to a negative one has D = 1) and D_max the largest D within its connected
     ground-truth region (8-connectivity), as the paper's "normalized by the maximum distance value within the
-    ground-truth region" says. Negative pixels weigh 1. A mask without any negative pixel weighs w_pos everywhere.
-    (The authors' code normalises by the image-wide maximum instead; the two agree for one-region masks.)"""
+    ground-truth region" says (`normalisation="region"`), or the largest D of the whole image (`"image"`, the
+    authors' code; the two agree for one-region masks). Negative pixels weigh 1. A mask without any negative pixel
+    weighs w_pos everywhere."""
+    if normalisation not in DT_NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {DT_NORMALISATIONS}, got {normalisation!r}")
     positive = np.asarray(mask) != 0
     weights = np.ones(positive.shape, dtype=np.float32)
     if not positive.any():
@@ -143,6 +151,9 @@ def segdec_loss_weights(mask: np.ndarray, p: float, w_pos: float) -> np.ndarray:
     if positive.all():
         return np.full(positive.shape, w_pos, dtype=np.float32)
     distance = ndimage.distance_transform_edt(positive)
+    if normalisation == "image":
+        weights[positive] = w_pos * (distance[positive] / distance.max()) ** p
+        return weights
     regions, count = ndimage.label(positive, structure=EIGHT_CONNECTED)
     region_max = np.concatenate([[1.0], ndimage.maximum(distance, regions, index=np.arange(1, count + 1))])
     relative = distance[positive] / region_max[regions[positive]]

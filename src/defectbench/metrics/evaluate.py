@@ -13,11 +13,15 @@ from defectbench.metrics.segmentation import ThresholdRule, segmentation_scores,
 from defectbench.metrics.sweep import DEFAULT_CHUNK_PIXELS
 
 IMAGE_METRICS = ("i_auroc", "i_ap", "auc", "ca", "macc")
-COUNT_METRICS = ("fp", "fn")  # image counts at the best-F1 threshold, not fractions
+IMAGE_COUNT_METRICS = ("fp", "fn")  # image counts at the best-F1 threshold, not fractions
+# pixel confusion counts of the thresholded maps: what a `pooled` table cell sums over units (RA-CAM's KSDD folds)
+PIXEL_COUNT_METRICS = ("px_tp", "px_fp", "px_fn", "px_tn")
+COUNT_METRICS = (*IMAGE_COUNT_METRICS, *PIXEL_COUNT_METRICS)
 PIXEL_METRICS = ("p_auroc", "p_ap", "pro")
 SEGMENTATION_METRICS = ("iou", "miou", "precision", "recall")
 EXTERNAL_METRICS = ("noc85", "noc90", "latency_ms")
 METRICS = (*IMAGE_METRICS, *COUNT_METRICS, *PIXEL_METRICS, *SEGMENTATION_METRICS, "f1", "box_ap")
+THRESHOLDED = (*SEGMENTATION_METRICS, *PIXEL_COUNT_METRICS)  # computed from the thresholded maps
 DEFAULT_METRICS = ("i_auroc", "i_ap", "p_auroc", "p_ap", "pro")  # an experiment without `metrics:`
 
 
@@ -63,17 +67,17 @@ def evaluate(
     if f1_level not in ("image", "pixel"):
         raise ValueError(f"f1_level must be 'image' or 'pixel', got {f1_level!r}")
     pixel_f1 = "f1" in requested and f1_level == "pixel"
-    needs_maps = set(requested) & {*PIXEL_METRICS, *SEGMENTATION_METRICS, "box_ap"} or pixel_f1
+    needs_maps = set(requested) & {*PIXEL_METRICS, *THRESHOLDED, "box_ap"} or pixel_f1
     if needs_maps and maps is None:
         raise ValueError(f"metrics {requested} need anomaly maps")
-    if (set(requested) & {*PIXEL_METRICS, *SEGMENTATION_METRICS} or pixel_f1) and masks is None:
+    if (set(requested) & {*PIXEL_METRICS, *THRESHOLDED} or pixel_f1) and masks is None:
         raise ValueError(f"metrics {requested} need ground-truth masks")
     results: dict[str, float] = {}
 
     image_names = {"i_auroc": "auc", "i_ap": "ap", "auc": "auc", "ca": "ca", "macc": "macc", "f1": "f1"}
-    image_names |= {name: name for name in COUNT_METRICS}
+    image_names |= {name: name for name in IMAGE_COUNT_METRICS}
     image_requested = [
-        n for n in requested if n in IMAGE_METRICS or n in COUNT_METRICS or (n == "f1" and not pixel_f1)
+        n for n in requested if n in IMAGE_METRICS or n in IMAGE_COUNT_METRICS or (n == "f1" and not pixel_f1)
     ]
     if image_requested:
         detection = detection_scores(labels, scores)
@@ -82,9 +86,9 @@ def evaluate(
         results["p_auroc"], results["p_ap"] = pixel_auroc_ap(maps, masks, chunk_pixels)
     if "pro" in requested:
         results["pro"] = pro_auc(maps, masks, fpr_limit, chunk_pixels)
-    if set(requested) & set(SEGMENTATION_METRICS) or pixel_f1:
+    if set(requested) & set(THRESHOLDED) or pixel_f1:
         segmentation = segmentation_scores(threshold_maps(maps, threshold, masks, chunk_pixels), masks)
-        segmentation_names = (*SEGMENTATION_METRICS, "f1") if pixel_f1 else SEGMENTATION_METRICS
+        segmentation_names = (*THRESHOLDED, "f1") if pixel_f1 else THRESHOLDED
         results.update({name: segmentation[name] for name in segmentation_names if name in requested})
     if "box_ap" in requested:
         if boxes is None:

@@ -26,7 +26,7 @@ def _ratio(numerator: int, denominator: int, metric: str) -> float:
 
 def segmentation_scores(pred_masks: np.ndarray, gt_masks: np.ndarray) -> dict[str, float]:
     """iou, precision, recall, f1 of the defect class and miou = mean IoU of defect and background, all from
-    TP/FP/FN/TN summed over every pixel of every image (see the module docstring). A ratio with a zero
+    TP/FP/FN/TN summed over every pixel of every image (see the module docstring), and those counts (px_*). A ratio with a zero
     denominator is NaN with a MetricWarning."""
     pred = binary_labels(pred_masks, "pred_masks")
     gt = binary_labels(gt_masks, "gt_masks")
@@ -46,6 +46,10 @@ def segmentation_scores(pred_masks: np.ndarray, gt_masks: np.ndarray) -> dict[st
         "precision": precision,
         "recall": recall,
         "f1": _ratio(2 * true_pos, 2 * true_pos + false_pos + false_neg, "F1"),
+        "px_tp": float(true_pos),
+        "px_fp": float(false_pos),
+        "px_fn": float(false_neg),
+        "px_tn": float(true_neg),
     }
 
 

@@ -319,6 +319,11 @@ def _legend(table: TableSpec, grid: list[list[Cell]]) -> str:
     unit_text = "values in %" + (f" except {', '.join(units)}" if units else "")
     summed = sorted({c.keys["metric"] for row in grid for c in row if aggregate_of(c.keys) == "sum"})
     sum_text = f"; {', '.join(summed)} summed over the cell's units" if summed else ""
+    pooled = sorted({c.keys["metric"] for row in grid for c in row if aggregate_of(c.keys) == "pooled"})
+    if pooled:
+        sum_text += (
+            f"; {', '.join(pooled)} from one confusion matrix: the pixel counts summed over the cell's units"
+        )
     along = "column" if table.best_axis == "column" else "row"
     return (
         f"Cells: measured (pub. published, measured − published); {unit_text}; measured = mean over seeds "

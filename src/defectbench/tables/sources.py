@@ -61,8 +61,8 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame:
         row = int(np.flatnonzero(not_a_count.to_numpy())[0])
         raise TableInputError(
             f"{path}: row {row + 2} has {frame['metric'].iloc[row]} = {values.iloc[row]}; "
-            f"{', '.join(WHOLE_NUMBERS)} are image counts of one run (whole numbers >= 0): fix the evaluator "
-            "and re-run it"
+            f"{', '.join(WHOLE_NUMBERS)} are image or pixel counts of one run (whole numbers >= 0): "
+            "fix the evaluator and re-run it"
         )
     key = ["dataset", "category", "experiment", "seed", "metric"]
     duplicated = frame.duplicated(key, keep="first")
@@ -118,6 +118,8 @@ class MeasuredIndex:
             categories_run = [c for c in categories if c in configured]
         else:
             categories_run = categories
+        if aggregate_of(keys) == "pooled":
+            return self._pooled(keys, categories_run, len(categories))
         metric = measured_metric(keys)
         found = [self._units.get((keys["experiment"], dataset, c, metric)) for c in categories_run]
         units = [u for u in found if u is not None]
@@ -129,6 +131,46 @@ class MeasuredIndex:
         per_seed = {s: float(combine([u[s] for u in units])) for s in common}
         n_seeds = min(len(u) for u in units)
         return Measured(value, seed_std(per_seed), n_seeds, per_seed, len(units), len(categories))
+
+    def _pooled(self, keys: Mapping[str, Any], categories: list[str], units_total: int) -> Measured | None:
+        """A segmentation ratio of one confusion matrix: each seed's pixel counts summed over the units."""
+        counts = []
+        for category in categories:
+            unit = [self._units.get((keys["experiment"], keys["dataset"], category, m)) for m in PIXEL_COUNTS]
+            if all(u is not None for u in unit):
+                counts.append(unit)
+        if not counts:
+            return None
+        seeds = sorted(set.intersection(*(set(u) for unit in counts for u in unit)))
+        if not seeds:
+            return None
+        per_seed = {
+            seed: pooled_ratio(keys["metric"], *(sum(unit[k][seed] for unit in counts) for k in range(4)))
+            for seed in seeds
+        }
+        value = float(np.mean(list(per_seed.values())))
+        return Measured(value, seed_std(per_seed), len(seeds), per_seed, len(counts), units_total)
+
+
+PIXEL_COUNTS = ("px_tp", "px_fp", "px_fn", "px_tn")
+
+
+def pooled_ratio(metric: str, tp: float, fp: float, fn: float, tn: float) -> float:
+    """iou, miou, precision, recall or f1 of summed pixel counts (NaN where a denominator is zero)."""
+
+    def ratio(numerator: float, denominator: float) -> float:
+        return numerator / denominator if denominator > 0 else float("nan")
+
+    formulas = {
+        "iou": lambda: ratio(tp, tp + fp + fn),
+        "miou": lambda: (ratio(tp, tp + fp + fn) + ratio(tn, tn + fp + fn)) / 2,
+        "precision": lambda: ratio(tp, tp + fp),
+        "recall": lambda: ratio(tp, tp + fn),
+        "f1": lambda: ratio(2 * tp, 2 * tp + fp + fn),
+    }
+    if metric not in formulas:
+        raise TableInputError(f"a `pooled` cell needs one of {sorted(formulas)}, not {metric!r}")
+    return float(formulas[metric]())
 
 
 def average(parts: list[Measured], units_total: int | None = None) -> Measured:

@@ -18,13 +18,17 @@ SCHEMA_DIR = Path(__file__).resolve().parents[3] / "workflow" / "schemas"
 
 # Image counts, = defectbench.metrics.COUNT_METRICS and the metrics schema's count_metric (tests check both; not
 # imported so that the tables do not load the metrics' scipy code).
-COUNT_METRICS = ("fp", "fn")
-# Whole numbers of images: the counts above and the images per label of a split (RFL+RIS Tables 1-2).
+COUNT_METRICS = ("fp", "fn", "px_tp", "px_fp", "px_fn", "px_tn")
+# Whole numbers: the counts above and the images per label of a split (RFL+RIS Tables 1-2).
 WHOLE_NUMBERS = (*COUNT_METRICS, "n_images")
-# Metrics shown in their own unit (ms, clicks, images) rather than as a percentage of [0, 1].
-NATURAL_UNITS = {"latency_ms": "ms", "noc85": "clicks", "noc90": "clicks"} | dict.fromkeys(
-    WHOLE_NUMBERS, "images"
+# Metrics shown in their own unit (ms, clicks, images, pixels) rather than as a percentage of [0, 1].
+NATURAL_UNITS = (
+    {"latency_ms": "ms", "noc85": "clicks", "noc90": "clicks", "n_images": "images"}
+    | dict.fromkeys(COUNT_METRICS[:2], "images")
+    | dict.fromkeys(COUNT_METRICS[2:], "pixels")
 )
+# `pooled` cells recompute these from the pixel counts summed over their units (one confusion matrix)
+POOLED_METRICS = ("iou", "miou", "precision", "recall", "f1")
 
 
 def base_metric(name: str) -> str:
@@ -70,7 +74,8 @@ def is_percent(keys: Mapping[str, Any]) -> bool:
 
 
 def aggregate_of(keys: Mapping[str, Any]) -> str:
-    """How a cell combines its units: `mean` (default) or `sum` (counts such as SegDecNet's FP/FN totals)."""
+    """How a cell combines its units: `mean` (default), `sum` (counts such as SegDecNet's FP/FN totals) or
+    `pooled` (segmentation ratios of one confusion matrix summed over the units, as RA-CAM's KSDD tables)."""
     return str(keys.get("aggregate", "mean"))
 
 
@@ -248,6 +253,10 @@ def _semantic_problems(spec: Mapping[str, Any]) -> list[str]:
                         f"at {where}.rows[{r}] x columns[{c}] ({row.label!r} x {column.label!r}): cell lacks "
                         f"{missing}; set them in defaults, the row or the column"
                     )
+                if aggregate_of(keys) == "pooled" and keys.get("metric") not in POOLED_METRICS:
+                    problems.append(
+                        f"at {where}.rows[{r}] x columns[{c}]: a `pooled` cell needs one of {list(POOLED_METRICS)}"
+                    )
     for name, figure in (spec.get("figures") or {}).items():
         for s, p, keys in figure_points(figure):
             missing = [k for k in ("dataset", "category", "metric") if k not in keys]
@@ -255,6 +264,10 @@ def _semantic_problems(spec: Mapping[str, Any]) -> list[str]:
                 problems.append(
                     f"at figures.{name}.series[{s}].points[{p}]: point lacks {missing}; "
                     "set them in defaults, the series or the point"
+                )
+            if aggregate_of(keys) == "pooled" and keys.get("metric") not in POOLED_METRICS:
+                problems.append(
+                    f"at figures.{name}.series[{s}].points[{p}]: `pooled` needs {list(POOLED_METRICS)}"
                 )
     return problems
 

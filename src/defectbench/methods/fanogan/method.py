@@ -247,7 +247,7 @@ class FAnoGAN(Method):
             if tuple(eval_size) != tuple(pixels.shape):
                 pixels = F.interpolate(pixels[None, None], size=tuple(eval_size), mode="bilinear")[0, 0]
             scores.append(score.item())
-            maps.append(pixels.cpu().numpy().astype(np.float16))
+            maps.append(pixels.cpu().numpy().astype(np.float32))  # unbounded residuals
         return Predictions([s.image_id for s in samples], np.array(scores), np.stack(maps))
 
     def state_dict(self) -> dict[str, Any]:

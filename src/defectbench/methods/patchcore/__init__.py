@@ -35,7 +35,7 @@ class PatchCore(Method):
         size = tuple(p["input_size"])
         chunks = []
         for start in tqdm(range(0, len(samples), p["batch_size"]), desc="patchcore features", leave=False):
-            batch = load_images(samples[start : start + p["batch_size"]], size)
+            batch = load_images(samples[start : start + p["batch_size"]], size, channels_last=True)
             images = imagenet_normalize(batch.to(self.device))
             with torch.no_grad():
                 maps = self.backbone(images)

@@ -60,9 +60,9 @@ class RegionAwareCAMMethod(Method):
 
     def predict(self, samples: list[Sample], eval_size: tuple[int, int]) -> Predictions:
         """Score = the classifier's defect probability. Map = the CAM, bilinearly resized to `eval_size`, or zero
-        where the gate says the image holds no defect: `label` (default) uses the image label, the usual way
-        CAMs are scored in weakly supervised segmentation (a map only for the classes present), `prediction`
-        the classifier's decision (probability ≥ 0.5), `none` keeps every map."""
+        where the gate says the image holds no defect: `prediction` (default) the classifier's own decision
+        (probability ≥ 0.5), `label` the true image label (an oracle on test images; legitimate on training images,
+        whose labels are the weak supervision), `none` keeps every map."""
         if self.classifier is None:
             raise RuntimeError("racam: call fit() or load_state_dict() before predict()")
         self._check_params()

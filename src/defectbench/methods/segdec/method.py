@@ -24,7 +24,9 @@ from defectbench.training import EpochLoop
 REQUIRED = (
     "input_size", "channels", "epochs", "lr", "delta", "batch_size", "dilate", "p", "w_pos",
     "dynamic_balancing", "gradient_adjustment", "distance_transform", "frequency_sampling",
+    "decision_target", "dt_normalisation",
 )  # fmt: skip
+DECISION_TARGETS = ("hard", "soft")
 
 
 def loss_weights(epoch: int, epochs: int, delta: float, dynamic_balancing: bool) -> tuple[float, float]:
@@ -98,15 +100,28 @@ class SegDec(Method):
 
     # ---- data ---------------------------------------------------------------------------------------------
     def _images(self, samples: Sequence[Sample]) -> torch.Tensor:
-        images = load_images(samples, self.input_size, "L" if self.channels == 1 else "RGB")
+        images = load_images(
+            samples, self.input_size, "L" if self.channels == 1 else "RGB", channels_last=True
+        )
         return images.float().div_(255.0).to(self.device)
 
     def _targets(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
         return segmentation_targets(
             sample.read_mask(), self.input_size, int(p["dilate"]), bool(p["distance_transform"]),
-            float(p["p"]), float(p["w_pos"]),
+            float(p["p"]), float(p["w_pos"]), str(p["dt_normalisation"]),
         )  # fmt: skip
+
+    def _decision_targets(self, batch: Sequence[Sample], targets: dict[str, tuple]) -> list[float]:
+        """The decision net's targets: the image label (`hard`, the paper), or for pixel-labelled positives the
+        maximum of the downsampled soft segmentation target (`soft`, the authors' code); others keep their label."""
+        if self.params["decision_target"] not in DECISION_TARGETS:
+            raise ValueError(f"segdec: decision_target must be one of {DECISION_TARGETS}")
+        if self.params["decision_target"] == "hard":
+            return [float(s.label) for s in batch]
+        return [
+            float(targets[s.image_id][0].max()) if s.image_id in targets else float(s.label) for s in batch
+        ]
 
     # ---- training -----------------------------------------------------------------------------------------
     def fit(self, train: list[Sample], val: list[Sample] | None = None) -> list[dict[str, float]]:
@@ -153,7 +168,7 @@ class SegDec(Method):
                 labelled = [s.label == 0 or s.image_id in targets for s in batch]
                 seg_target, seg_weights = zip(*(targets.get(s.image_id, empty) for s in batch), strict=True)
                 decision, seg = self.model(self._images(batch))
-                labels = torch.tensor([float(s.label) for s in batch], device=self.device)
+                labels = torch.tensor(self._decision_targets(batch, targets), device=self.device)
                 loss, seg_terms, dec_terms = segdec_loss(
                     decision, seg, labels,
                     torch.from_numpy(np.stack(seg_target)[:, None]).to(self.device),
@@ -167,7 +182,7 @@ class SegDec(Method):
                 sums["loss"] += loss.item()
                 sums["loss_seg"] += seg_terms.sum().item()
                 sums["loss_dec"] += dec_terms.sum().item()
-                sums["correct"] += ((decision.detach() > 0).float() == labels).sum().item()
+                sums["correct"] += ((decision.detach() > 0).float() == (labels > 0.5).float()).sum().item()
             row = {key: value / len(epoch_samples) for key, value in sums.items()}
             row |= {"seg_weight": seg_weight, "dec_weight": dec_weight, "val_ap": math.nan}
             if select_best and (epoch % val_every == 0 or epoch == epochs - 1):

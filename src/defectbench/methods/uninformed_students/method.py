@@ -184,7 +184,7 @@ class UninformedStudents(Method):
             scores.append(segdec_image_score(pixels, self.params["patch_pool"]))
             if tuple(eval_size) != pixels.shape[1:]:
                 pixels = F.interpolate(pixels[:, None], size=tuple(eval_size), mode="bilinear")[:, 0]
-            maps.append(pixels.numpy().astype(np.float16))
+            maps.append(pixels.numpy().astype(np.float32))  # unbounded regression errors
         return Predictions([s.image_id for s in samples], torch.cat(scores).numpy(), np.concatenate(maps))
 
     def state_dict(self) -> dict[str, Any]:
