@@ -1,6 +1,7 @@
 # Everything the rules need to know, derived once from the config, the experiments and the table specs.
 from defectbench import paths
 from defectbench.config import validate_config
+from defectbench.data.acquire import require_manual_archives
 from defectbench.data.datasets import dataset_names
 from defectbench.data.registry import dataset_entry
 from defectbench.data.splits import protocols_for
@@ -12,6 +13,7 @@ from defectbench.tables import figure_names
 validate_config(config)
 
 EXPERIMENTS = load_experiments()
+DOWNLOADABLE = [d for d in dataset_names() if dataset_entry(d)["access"] == "download"]
 RUNS = planned_runs(config)
 METRICS_FILES = [paths.METRICS.format(**run.__dict__) for run in RUNS]
 PAPERS = config["papers"]
@@ -59,6 +61,10 @@ def dataset_archives(wildcards):
     """The verified archives a real dataset is extracted from; none for a synthetic one."""
     if is_synthetic(wildcards.dataset, config):
         return []
+    # No job can fetch a login-only archive: say where to place it before anything runs.
+    require_manual_archives(
+        wildcards.dataset, dataset_entry(wildcards.dataset), paths.ARCHIVES_DIR
+    )
     return [
         paths.ARCHIVE.format(dataset=wildcards.dataset, filename=archive["filename"])
         for archive in dataset_entry(wildcards.dataset)["archives"]

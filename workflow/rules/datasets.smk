@@ -1,12 +1,14 @@
 # download → extract (or synthesize) → index: resources/datasets/<dataset>/ and results/manifests/<dataset>.csv
 
 
+# Only datasets with access: download (fetch retries a dropped transfer itself; a final error is not retried).
 rule download:
     output:
         protected(paths.ARCHIVE),
     log:
         paths.LOGS.format(rule="download", name="{dataset}/{filename}"),
-    retries: 1
+    wildcard_constraints:
+        dataset="|".join(DOWNLOADABLE),
     conda:
         "../../envs/defectbench.yaml"
     script:
@@ -42,5 +44,7 @@ rule index:
         paths.LOGS.format(rule="index", name="{dataset}"),
     conda:
         "../../envs/defectbench.yaml"
+    params:
+        archives=paths.ARCHIVES_DIR,  # their first-use checksums are recorded once indexed
     script:
         "../scripts/rule.py"
