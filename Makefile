@@ -70,7 +70,7 @@ pull: install
 	PATH=$(abspath $(BIN)):$$PATH $(PY) -m defectbench.versioning
 
 # A real single-node SLURM (Debian's slurmctld/slurmd/munge, installed if missing; needs root), a small part of the
-# demo through workflow/profiles/slurm, compared with a local run. Output: test-artifacts/cluster_test.txt.
+# demo through profiles/slurm, compared with a local run. Output: test-artifacts/cluster_test.txt.
 CLUSTER_STATE := /tmp/defectbench-slurm
 test-cluster: install
 	tests/cluster/slurm_up.sh $(CLUSTER_STATE)

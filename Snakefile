@@ -2,7 +2,11 @@
 # Default config = the built-in synthetic demo; `--configfile config/paper.yaml` = the full reproduction.
 from snakemake.utils import min_version
 
+from defectbench.config import check_yaml_syntax
+
 min_version("8.10")
+# Snakemake's own error for a YAML syntax error names neither the file nor the line.
+check_yaml_syntax("config/config.yaml")
 
 
 configfile: "config/config.yaml"

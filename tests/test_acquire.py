@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from range_http_server import ServerState, serve
 
-from defectbench.data.acquire import acquire
+from defectbench.data.acquire import acquire, confirm_first_use
 from defectbench.data.download import EXTRACTED_MARKER, LOCK_FILE_NAME
 from defectbench.data.images import DataError
 
@@ -40,6 +40,7 @@ def _entry(
         if access == "manual"
         else None,
         "root": "KolektorSDD2",
+        "max_extracted_gb": 1,
     }
 
 
@@ -113,12 +114,47 @@ def test_placed_archive_without_checksum_is_trusted_on_first_use(tmp_path: Path)
     placed = tmp_path / "archives" / "toyset" / "set.zip"
     placed.parent.mkdir(parents=True)
     placed.write_bytes(ARCHIVE)
-    acquire("toyset", _entry("manual", None), tmp_path / "archives", tmp_path / "datasets")
+    entry = _entry("manual", None)
+    acquire("toyset", entry, tmp_path / "archives", tmp_path / "datasets")
+    assert not (placed.parent / LOCK_FILE_NAME).exists()  # not before the dataset indexed successfully
+    confirm_first_use("toyset", entry, tmp_path / "archives", tmp_path / "datasets")
     lock = json.loads((placed.parent / LOCK_FILE_NAME).read_text())
     assert lock["set.zip"]["sha256"] == hashlib.sha256(ARCHIVE).hexdigest()
     placed.write_bytes(_zip({"other.png": b"o"}))  # a different archive placed later is refused
-    with pytest.raises(DataError, match="recorded at first download"):
-        acquire("toyset", _entry("manual", None), tmp_path / "archives", tmp_path / "datasets")
+    with pytest.raises(
+        DataError, match=r"recorded in .*checksums\.lock\.json at its first use.*delete the entry"
+    ):
+        acquire("toyset", entry, tmp_path / "archives", tmp_path / "datasets")
+
+
+def test_truncated_first_copy_is_not_locked_in(tmp_path: Path) -> None:
+    """A truncated placed archive fails to extract; the correct copy placed afterwards is accepted."""
+    placed = tmp_path / "archives" / "toyset" / "set.zip"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(ARCHIVE[:-40])
+    entry = _entry("manual", None)
+    with pytest.raises(DataError, match=r"set\.zip.*damaged"):
+        acquire("toyset", entry, tmp_path / "archives", tmp_path / "datasets")
+    placed.write_bytes(ARCHIVE)
+    out = acquire("toyset", entry, tmp_path / "archives", tmp_path / "datasets")
+    assert (out / "KolektorSDD2/train/10000.png").read_bytes() == b"img"
+
+
+def test_login_page_download_is_an_error(server: ServerState, tmp_path: Path) -> None:
+    server.files["/set.zip"] = b"<html><head><title>Sign in</title></head><body>login</body></html>"
+    with pytest.raises(DataError, match="HTML page"):
+        acquire("toyset", _entry("download", server.url("/set.zip")), tmp_path / "a", tmp_path / "d")
+    assert not (tmp_path / "a" / "toyset" / LOCK_FILE_NAME).exists()
+
+
+def test_extraction_limit_comes_from_the_registry(tmp_path: Path) -> None:
+    placed = tmp_path / "archives" / "toyset" / "set.zip"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes(_zip({"big.bin": bytes(5000)}))
+    entry = {**_entry("manual", None), "max_extracted_gb": 4e-6}  # 4 kB
+    with pytest.raises(DataError, match=r"set\.zip: refusing.*limit of 4\.0 kB.*max_extracted_gb"):
+        acquire("toyset", entry, tmp_path / "archives", tmp_path / "datasets")
+    assert not (tmp_path / "datasets" / "toyset").exists()
 
 
 def test_plain_file_is_copied_beside_extracted_archives(server: ServerState, tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def test_demo_part_through_slurm_equals_the_local_run(cluster: str, tmp_path: Pa
     snakemake(local, "--cores", "2")
     remote = project_copy(tmp_path / "slurm")
     log = snakemake(
-        remote, "--workflow-profile", "workflow/profiles/slurm", "--jobs", "4", "--slurm-status-command", "squeue",
+        remote, "--workflow-profile", "profiles/slurm", "--jobs", "4", "--slurm-status-command", "squeue",
         "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2",
         "--set-threads", "train=1", "predict=1", "--default-resources", "mem_mb=1000", "runtime=30",
     )  # fmt: skip
@@ -97,7 +97,7 @@ def test_demo_part_through_slurm_equals_the_local_run(cluster: str, tmp_path: Pa
     )
     assert remote_metrics["metrics"] == local_metrics["metrics"]
     assert remote_metrics["config_hash"] == local_metrics["config_hash"]
-    assert "Nothing to be done" in snakemake(remote, "-n", "--workflow-profile", "workflow/profiles/slurm")
+    assert "Nothing to be done" in snakemake(remote, "-n", "--workflow-profile", "profiles/slurm")
     ARTIFACTS.mkdir(exist_ok=True)
     lines = [f"slurm jobs by rule (gres request): {json.dumps(submitted, sort_keys=True)}",
              f"products compared with the local run (sha256, timings excluded): {len(digests(local))}",

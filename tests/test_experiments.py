@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from defectbench.config import ConfigError, validate_config
+from defectbench.config import ConfigError, check_yaml_syntax, validate_config
 from defectbench.experiments import deep_merge, load_experiments, method_params
 from defectbench.plan import Run, planned_runs
 
@@ -163,3 +163,23 @@ def test_invalid_config_names_the_key(change, key: str) -> None:
     change(config)
     with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
         validate_config(config)
+
+
+@pytest.mark.parametrize("key", ["experiments", "exclude_experiments"])
+def test_experiment_pattern_matching_nothing_names_it_and_the_closest(key: str) -> None:
+    config = yaml.safe_load(Path("config/config.yaml").read_text())
+    config[key] = ["segdec_ksdd2_n16", "segdec_ksdd2_n61"]  # the second is a typo of an existing name
+    with pytest.raises(ConfigError, match=r"'segdec_ksdd2_n61' matches no experiment.*segdec_ksdd2_n16"):
+        planned_runs(config)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "experiments" / "broken.yaml"
+    bad.parent.mkdir()
+    bad.write_text("ok:\n  method: toy\n  protocol: [official\n  datasets: [ksdd]\n")
+    with pytest.raises(ValueError, match=rf"{bad}, line 4"):
+        load_experiments(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text("papers: [segdec]\nscale: demo\nseeds: [0\n")
+    with pytest.raises(ConfigError, match=rf"{config}, line 4"):
+        check_yaml_syntax(config)

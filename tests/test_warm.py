@@ -3,7 +3,10 @@ failures propagate; a killed job script takes its child down; the parent goes aw
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ import pytest
 
 from defectbench.runtime import warm
 
+REPO = Path(__file__).resolve().parents[1]
 JOB = """
 import os, sys
 from pathlib import Path
@@ -88,3 +92,50 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+# ---------------------------------------------------------------- issue 9: one worker per checkout
+
+WHERE = """
+import sys
+from defectbench.runtime.warm import run_job
+run_job({"out": sys.argv[1]}, "tests.warm_jobs:where")
+"""
+
+
+def _checkout(root: Path) -> Path:
+    """A second checkout of the package (same interpreter and virtualenv)."""
+    shutil.copytree(Path(warm.__file__).parents[1], root / "src" / "defectbench")
+    return root
+
+
+def _where(checkout: Path, out: Path, env: dict[str, str]) -> list[str]:
+    env = {**env, "PYTHONPATH": f"{checkout / 'src'}:{REPO}"}
+    result = subprocess.run([sys.executable, "-c", WHERE, str(out)], cwd=checkout, env=env, capture_output=True,
+                            text=True, timeout=180)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out.read_text().split()
+
+
+def test_two_checkouts_sharing_a_virtualenv_get_their_own_code(tmp_path: Path) -> None:
+    """Each checkout gets a warm parent of its own; a job sent to the other checkout's parent anyway is refused
+    and runs in its own process, with its own code."""
+    env = {k: v for k, v in os.environ.items() if k != warm.SOCKET_ENV}
+    a, b = _checkout(tmp_path / "a"), _checkout(tmp_path / "b")
+    parents = []
+    try:
+        for checkout in (a, b, a):
+            cwd, package, _, parent = _where(checkout, tmp_path / "out.txt", env)
+            parents.append(int(parent))
+            assert (cwd, package) == (str(checkout), str(checkout / "src" / "defectbench"))
+        assert parents[0] == parents[2] != parents[1]  # one warm parent per checkout, each reused
+        socket_of_a = Path(f"/proc/{parents[0]}/cmdline").read_bytes().split(b"\0")[3].decode()
+        cwd, package, _, parent = _where(b, tmp_path / "out.txt", {**env, warm.SOCKET_ENV: socket_of_a})
+        assert (cwd, package) == (str(b), str(b / "src" / "defectbench"))
+        assert int(parent) not in parents  # refused by a's parent: ran in the job script's process
+    finally:
+        for pid in set(parents):
+            with contextlib.suppress(OSError):
+                sock = Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[3].decode())
+                os.kill(pid, signal.SIGTERM)
+                sock.unlink(missing_ok=True)

@@ -246,9 +246,7 @@ def test_report_shows_the_tables(workdir: Path) -> None:
 def test_slurm_profile_asks_gpu_jobs_for_a_gres_gpu(workdir: Path) -> None:
     """The profile checked with the executor plugin installed; `make test-cluster` runs it on a real SLURM (and
     checks there that collect, tables, figures and run_info stay local)."""
-    output = snakemake(
-        workdir, "-n", "--workflow-profile", "workflow/profiles/slurm", "--forcerun", "train"
-    ).stdout
+    output = snakemake(workdir, "-n", "--workflow-profile", "profiles/slurm", "--forcerun", "train").stdout
     jobs = re.split(r"^(?=rule )", output, flags=re.MULTILINE)[1:]
     resources = {}
     for job in jobs:

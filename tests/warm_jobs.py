@@ -16,3 +16,12 @@ def job(spec: dict) -> None:
         Path("sleeping.pid").write_text(str(os.getpid()))
         time.sleep(60)
     Path(spec["out"]).write_text(f"{os.getcwd()} {os.environ['JOB_MARKER']} {os.getpid()} {os.getppid()}")
+
+
+def where(spec: dict) -> None:
+    """Which checkout's code ran the job, in which directory and process."""
+    import defectbench
+
+    Path(spec["out"]).write_text(
+        f"{os.getcwd()} {Path(defectbench.__file__).parent} {os.getpid()} {os.getppid()}"
+    )

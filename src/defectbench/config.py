@@ -16,6 +16,22 @@ class ConfigError(ValueError):
     """The workflow config is invalid; the message names the key and what is expected."""
 
 
+def yaml_error_message(path: str | Path, err: yaml.YAMLError) -> str:
+    """`<file>, line L, column C: <problem>` for a YAML syntax error (the parser's own text names neither)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    problem = " ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)]))
+    return f"{where}: invalid YAML: {problem or err}"
+
+
+def check_yaml_syntax(path: str | Path) -> None:
+    """Fail with the file and line of a YAML syntax error before Snakemake loads the file without naming them."""
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(yaml_error_message(path, err)) from None
+
+
 def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
     schema = yaml.safe_load(Path(schema_path).read_text())
     from defectbench.data.datasets import dataset_names, get_dataset

@@ -12,6 +12,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from defectbench.config import yaml_error_message
+
 CONFIG_DIR = Path("config")
 SCHEMA_PATH = Path("workflow/schemas/experiments.schema.yaml")
 DEFAULTS_KEY = "defaults"  # a file's block merged into each of its experiments (the experiment's keys win)
@@ -32,7 +34,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from err
+        raise ValueError(yaml_error_message(path, err)) from None
     if content is None:
         return {}
     if not isinstance(content, dict):

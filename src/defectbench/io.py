@@ -1,4 +1,8 @@
-"""Atomic file writes: a crash never leaves a half-written result at its final name."""
+"""Atomic file writes: a crash never leaves a half-written result at its final name.
+
+Files get the permissions a plain `open()` would give them (0666 less the umask), not the private 0600 of the
+temporary file they are written through, so collaborators on a shared server can read the results.
+"""
 
 from __future__ import annotations
 
@@ -27,9 +31,21 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it is not thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(dest: str | os.PathLike, text: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from defectbench import paths
+from defectbench.config import ConfigError
 from defectbench.experiments import CONFIG_DIR, load_experiments
 
 
@@ -31,6 +33,19 @@ def selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in include) and not any(
         fnmatch.fnmatchcase(name, pattern) for pattern in exclude
     )
+
+
+def check_patterns(config: Mapping[str, Any], names: Iterable[str]) -> None:
+    """A pattern of `experiments`/`exclude_experiments` that matches no experiment is a typo: name the closest."""
+    names = sorted(names)
+    for key in ("experiments", "exclude_experiments"):
+        for pattern in config.get(key, []):
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.6)
+                raise ConfigError(
+                    f"invalid config: {key}: {pattern!r} matches no experiment; closest: "
+                    f"{', '.join(close) or 'none'} (experiments are named in config/experiments/*.yaml)"
+                )
 
 
 def wanted_cells(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> set[tuple[str, str, str]]:
@@ -60,6 +75,7 @@ def planned_runs(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> li
     """The runs the configured papers' tables and figures need, restricted to the configured datasets,
     categories, experiments and seeds, plus the upstream runs they depend on."""
     experiments = load_experiments(config_dir)
+    check_patterns(config, experiments)
     include = config.get("experiments", ["*"])
     exclude = config.get("exclude_experiments", [])
     datasets = config["datasets"]

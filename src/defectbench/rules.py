@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import logging
 import platform
 from collections.abc import Callable
@@ -116,7 +117,14 @@ def index(smk: Any) -> None:
 
     dataset = smk.wildcards.dataset
     root = ready_root(dataset, smk.input[0])
-    write_manifest(dataset, root, Path(smk.output[0]), check_counts=not is_synthetic(dataset, smk.config))
+    real = not is_synthetic(dataset, smk.config)
+    write_manifest(dataset, root, Path(smk.output[0]), check_counts=real)
+    if real:  # extracted and indexed: now its archives without a published checksum may be trusted
+        from defectbench.data.acquire import confirm_first_use
+        from defectbench.data.registry import dataset_entry
+
+        extracted = Path(json.loads(Path(smk.input[0]).read_text())["path"])
+        confirm_first_use(dataset, dataset_entry(dataset), Path(smk.params.archives), extracted.parent)
 
 
 @rule

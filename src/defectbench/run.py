@@ -21,6 +21,7 @@ from defectbench.io import write_csv, write_json, write_torch
 from defectbench.plan import Run
 from defectbench.predictions import Predictions
 from defectbench.provenance import config_hash, git_commit
+from defectbench.runtime.runlock import holds_run
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> 
     return method
 
 
+@holds_run  # one job per run: never two trainings on one checkpoint
 def train(
     run: Run,
     config: Mapping[str, Any],
@@ -128,7 +130,7 @@ def train(
     import torch
 
     from defectbench.runtime.gpu import device_report, gpu_lease, torch_device
-    from defectbench.training import seed_everything
+    from defectbench.training import seed_everything, training_run
 
     torch.set_num_threads(threads)
     context = RunContext(run, config, inputs)
@@ -143,9 +145,9 @@ def train(
         device = torch_device(leased)
         seed_everything(run.seed)
         method = _fitted_method(context, device, model, fit=True)
-        started = time.perf_counter()
-        log = method.fit(subsets["train"], subsets.get("val"))
-        seconds = time.perf_counter() - started
+        with training_run(context.hash()) as record:  # a checkpoint resumes only under these settings
+            log = method.fit(subsets["train"], subsets.get("val"))
+        seconds = record.elapsed_s()  # including the training before the checkpoint it resumed from
         payload = {"method": context.method, "params": context.params, "state": method.state_dict()}
         ran_on = device_report(device, leased)
     write_torch(model, payload)

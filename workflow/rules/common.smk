@@ -3,6 +3,7 @@ import functools
 
 from defectbench import paths
 from defectbench.config import validate_config
+from defectbench.data.acquire import require_manual_archives
 from defectbench.data.datasets import dataset_names
 from defectbench.data.registry import dataset_entry
 from defectbench.data.splits import protocols_for
@@ -25,6 +26,7 @@ EXPERIMENTS = load_experiments()
 COUNT_EXPERIMENTS = [name for name, spec in EXPERIMENTS.items() if is_split_count(spec)]
 COUNT_EXPERIMENTS_PATTERN = "|".join(COUNT_EXPERIMENTS) or "(?!)"
 METHOD_EXPERIMENTS_PATTERN = f"(?!(?:{COUNT_EXPERIMENTS_PATTERN})/)[^/]+"
+DOWNLOADABLE = [d for d in dataset_names() if dataset_entry(d)["access"] == "download"]
 RUNS = planned_runs(config)
 METRICS_FILES = [paths.METRICS.format(**run.__dict__) for run in RUNS]
 PAPERS = config["papers"]
@@ -93,6 +95,10 @@ def dataset_archives(wildcards):
     """The verified archives a real dataset is extracted from; none for a synthetic one."""
     if is_synthetic(wildcards.dataset, config):
         return []
+    # No job can fetch a login-only archive: say where to place it before anything runs.
+    require_manual_archives(
+        wildcards.dataset, dataset_entry(wildcards.dataset), paths.ARCHIVES_DIR
+    )
     return [
         paths.ARCHIVE.format(dataset=wildcards.dataset, filename=archive["filename"])
         for archive in dataset_entry(wildcards.dataset)["archives"]

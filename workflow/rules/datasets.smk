@@ -2,12 +2,14 @@
 # pretrained weights: resources/weights/ (the registry defectbench/methods/weights.yaml), verified like archives.
 
 
+# Only datasets with access: download (fetch retries a dropped transfer itself; a final error is not retried).
 rule download:
     output:
         protected(paths.ARCHIVE),
     log:
         paths.LOGS.format(rule="download", name="{dataset}/{filename}"),
-    retries: 1
+    wildcard_constraints:
+        dataset="|".join(DOWNLOADABLE),
     conda:
         "../../envs/defectbench.yaml"
     script:
@@ -55,5 +57,7 @@ rule index:
         paths.LOGS.format(rule="index", name="{dataset}"),
     conda:
         "../../envs/defectbench.yaml"
+    params:
+        archives=paths.ARCHIVES_DIR,  # their first-use checksums are recorded once indexed
     script:
         "../scripts/rule.py"

@@ -11,7 +11,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from defectbench.data.download import fetch, is_archive, safe_extract, verify_file
+from defectbench.data.download import (
+    fetch,
+    is_archive,
+    read_extraction_record,
+    record_first_use,
+    safe_extract,
+    sha256_of,
+    verify_file,
+)
 from defectbench.data.images import DataError
 from defectbench.io import atomic_path
 
@@ -42,13 +50,7 @@ def acquire(
             f"valid: {sorted(a['filename'] for a in archives)}"
         )
     target_dir = Path(archives_dir) / dataset
-    missing = [
-        target_dir / a["filename"]
-        for a in archives
-        if entry.get("access") == "manual" and not (target_dir / a["filename"]).exists()
-    ]
-    if missing:
-        raise _manual_error(dataset, entry, missing)
+    require_manual_archives(dataset, entry, archives_dir)
     checksums = {}
     for archive in archives:
         path = target_dir / archive["filename"]
@@ -59,7 +61,8 @@ def acquire(
     dataset_dir = Path(datasets_dir) / dataset
     for path, sha256 in checksums.items():
         if is_archive(path):
-            safe_extract(path, dataset_dir, archive_sha256=sha256)
+            max_bytes = int(entry["max_extracted_gb"] * 1e9)
+            safe_extract(path, dataset_dir, archive_sha256=sha256, max_bytes=max_bytes)
         else:
             with atomic_path(dataset_dir / path.name) as tmp:
                 shutil.copy2(path, tmp)
@@ -96,3 +99,29 @@ def _manual_error(dataset: str, entry: dict[str, Any], missing: list[Path]) -> D
         f"dataset {dataset!r} cannot be downloaded automatically; place these files exactly here:\n{places}\n"
         f"How to get them: {entry.get('manual_instructions') or 'see the dataset page'}"
     )
+
+
+def require_manual_archives(dataset: str, entry: dict[str, Any], archives_dir: Path) -> None:
+    """A dataset that needs a login must have its archives placed by hand: say exactly where and how."""
+    missing = [
+        Path(archives_dir) / dataset / a["filename"]
+        for a in entry["archives"]
+        if entry.get("access") == "manual" and not (Path(archives_dir) / dataset / a["filename"]).exists()
+    ]
+    if missing:
+        raise _manual_error(dataset, entry, missing)
+
+
+def confirm_first_use(dataset: str, entry: dict[str, Any], archives_dir: Path, datasets_dir: Path) -> None:
+    """Once the dataset extracted and indexed successfully, record the checksums of its archives that have no
+    published one (trust on first use): the copies that were actually used, as `safe_extract` recorded them."""
+    dataset_dir = Path(datasets_dir) / dataset
+    for archive in entry["archives"]:
+        if archive["sha256"] is not None:
+            continue
+        path = Path(archives_dir) / dataset / archive["filename"]
+        used = read_extraction_record(dataset_dir, path.name) if is_archive(path) else None
+        if used is not None:
+            record_first_use(path, used["size"], used["sha256"], used.get("mtime_ns"))
+        elif path.exists():  # copied as it is (a split file)
+            record_first_use(path, path.stat().st_size, sha256_of(path), path.stat().st_mtime_ns)

@@ -1,14 +1,17 @@
 """Resumable, verified downloads and safe archive extraction.
 
 `fetch` streams a URL to `<dest>.part` (resuming with an HTTP Range request after a dropped connection),
-verifies size and sha256 and renames the file onto `dest`. Where no checksum is known, the first download's
-size and sha256 are recorded in `checksums.lock.json` beside it (trust on first use) and enforced afterwards.
-`safe_extract` unpacks zip/tar archives after refusing members that would land outside the target.
+verifies size and sha256 and renames the file onto `dest`. Where no checksum is known, the size and sha256 of
+the first copy that extracted and indexed successfully are recorded in `checksums.lock.json` beside it (trust on
+first use, `record_first_use`) and enforced afterwards; a truncated copy or an HTML login page never becomes the
+truth. `safe_extract` unpacks zip/tar archives after refusing members that would land outside the target and
+archives that unpack to implausibly much.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import http.client
@@ -33,7 +36,7 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from defectbench.data.images import DataError
-from defectbench.io import write_json
+from defectbench.io import current_umask, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,10 @@ _USER_AGENT = "defectbench/0.1 (+https://github.com/defectbench)"
 # HTTP statuses worth retrying; every other 4xx is final (the URL is wrong or needs a login).
 _RETRY_STATUSES = {408, 425, 429}
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+DEFAULT_MAX_BYTES = 200 * 10**9  # extraction limit where none is given (the registry gives one per dataset)
+MAX_RATIO = 100  # unpacked / packed size: image datasets stay far below; archive bombs reach thousands
+RATIO_FLOOR = 64 * 2**20  # below this many unpacked bytes the ratio is harmless and not checked
 
 
 class _TransferError(Exception):
@@ -79,6 +86,25 @@ def fetch(
             log.warning("%s; downloading it again", err)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    try:
+        _download(url, part, dest, size, attempts, backoff_s, timeout_s)
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        kept = part.stat().st_size if part.exists() else 0
+        raise DataError(
+            f"no space left on the device while downloading {url} to {part} ({err.strerror}): free space "
+            f"there and run again; the {kept} bytes received are kept and the download resumes"
+        ) from err
+    verify_file(part, sha256, size, record_as=dest)
+    os.replace(part, dest)  # a rename keeps the mtime recorded with the checksum
+    return dest
+
+
+def _download(
+    url: str, part: Path, dest: Path, size: int | None, attempts: int, backoff_s: float, timeout_s: float
+) -> None:
+    """Complete the partial file `part` of `dest` from `url`, retrying transfer failures."""
     with open(part, "ab") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -106,9 +132,6 @@ def fetch(
                 time.sleep(delay)
         handle.flush()
         os.fsync(handle.fileno())
-    verify_file(part, sha256, size, record_as=dest)
-    os.replace(part, dest)  # a rename keeps the mtime recorded with the checksum
-    return dest
 
 
 def _transfer(url: str, handle: BinaryIO, dest: Path, size: int | None, timeout_s: float) -> None:
@@ -159,15 +182,18 @@ def _copy_body(response: Any, handle: BinaryIO, offset: int, total: int | None, 
     received = offset
     name = Path(urllib.parse.urlparse(url).path).name or url
     with tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=name, disable=None) as bar:
-        try:
-            while chunk := response.read(_CHUNK):
-                handle.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as err:
-            raise _TransferError(f"connection lost after {received} bytes: {err}") from err
-        finally:
-            handle.flush()
+        while True:
+            try:
+                chunk = response.read(_CHUNK)
+            except (OSError, http.client.HTTPException) as err:
+                handle.flush()
+                raise _TransferError(f"connection lost after {received} bytes: {err}") from err
+            if not chunk:
+                break
+            handle.write(chunk)  # an OSError here is the disk's (full?), not the network's: not retried
+            received += len(chunk)
+            bar.update(len(chunk))
+        handle.flush()
     if total is not None and received < total:
         raise _TransferError(f"connection closed after {received} of {total} bytes")
 
@@ -198,36 +224,58 @@ def verify_file(
     """Check `path` against the given size/sha256, else against its trust-on-first-use record; return its sha256.
 
     `record_as` is the final name the file is verified for (default `path`): its record in the lock file
-    beside it is used and written. A file that fails is moved aside to `<name>.<what>-mismatch` and a
-    `DataError` says where it went; a file without any known checksum is recorded (trust on first use).
+    beside it is used. A file that fails (an HTML page included) is moved aside to `<name>.<what>-mismatch`
+    and a `DataError` says where it went. A file verified against a given checksum is recorded (with its mtime,
+    so an unchanged file is not hashed again); a file without any known checksum is not: `record_first_use`
+    records it once it has extracted and indexed successfully.
     """
     path = Path(path)
     final = Path(record_as) if record_as is not None else path
     record = read_lock_record(final)
     source = "given"
     if sha256 is None and record is not None:
-        sha256, size, source = record["sha256"], record["size"], "recorded at first download"
-    actual_size = path.stat().st_size
+        sha256, size, source = record["sha256"], record["size"], "recorded"
     if record is not None and path == final and _record_matches_file(record, path, sha256):
         return record["sha256"]
+    if _looks_like_html(path):
+        _reject(path, final, "html", "it is an HTML page (a login or error page?), not the file itself")
+    actual_size = path.stat().st_size
     if size is not None and actual_size != size:
-        _reject(path, final, "size", f"{actual_size} bytes instead of {size} ({source})")
+        _reject(path, final, "size", f"{actual_size} bytes instead of {size}", source)
     actual_sha = sha256_of(path)
     if sha256 is not None and actual_sha != sha256.lower():
-        _reject(path, final, "sha256", f"sha256 {actual_sha} instead of {sha256} ({source})")
+        _reject(path, final, "sha256", f"sha256 {actual_sha} instead of {sha256}", source)
     if sha256 is None:
         log.warning(
-            "no checksum known for %s: trusting it on first use and recording size %d and sha256 %s in %s",
+            "no checksum known for %s: its size and sha256 are recorded in %s once it has extracted and "
+            "indexed successfully (trust on first use)",
             final.name,
-            actual_size,
-            actual_sha,
             final.parent / LOCK_FILE_NAME,
         )
-        source = "trust on first use"
-    elif source == "recorded at first download":
-        log.info("%s matches the size and sha256 recorded at its first download", final.name)
+        return actual_sha
+    if source == "recorded":
+        log.info("%s matches the size and sha256 recorded at its first use", final.name)
     _write_lock_record(final, actual_size, actual_sha, source, os.stat(path).st_mtime_ns)
     return actual_sha
+
+
+def record_first_use(path: Path, size: int, sha256: str, mtime_ns: int | None) -> None:
+    """Record the checksum of an archive without a published one, once it has extracted and indexed."""
+    if read_lock_record(path) is None:
+        log.warning(
+            "no checksum is published for %s: recording its size %d and sha256 %s in %s (trust on first use)",
+            Path(path).name,
+            size,
+            sha256,
+            Path(path).parent / LOCK_FILE_NAME,
+        )
+        _write_lock_record(Path(path), size, sha256, "trust on first use", mtime_ns)
+
+
+def _looks_like_html(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        start = handle.read(512).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head"))
 
 
 def _record_matches_file(record: dict[str, Any], path: Path, sha256: str | None) -> bool:
@@ -240,9 +288,17 @@ def _record_matches_file(record: dict[str, Any], path: Path, sha256: str | None)
     )
 
 
-def _reject(path: Path, final: Path, what: str, detail: str) -> None:
+def _reject(path: Path, final: Path, what: str, detail: str, source: str = "given") -> None:
     aside = final.with_name(f"{final.name}.{what}-mismatch")
     os.replace(path, aside)
+    if source == "recorded":
+        lock = final.parent / LOCK_FILE_NAME
+        raise DataError(
+            f"{final} failed verification: {detail} recorded in {lock} at its first use. The file was moved to "
+            f"{aside}. If that copy is the right one and the recorded checksum came from a bad copy, delete the "
+            f"entry {final.name!r} from {lock} (or the whole file), move the file back and run again; "
+            f"otherwise delete it and download again"
+        )
     raise DataError(
         f"{final} failed verification: {detail}. The bad file was moved to {aside}; delete it and download "
         f"again, or place a correct copy at {final}"
@@ -275,7 +331,7 @@ def _locked(lock: Path) -> Iterator[None]:
         yield
 
 
-def _write_lock_record(path: Path, size: int, sha256: str, source: str, mtime_ns: int) -> None:
+def _write_lock_record(path: Path, size: int, sha256: str, source: str, mtime_ns: int | None) -> None:
     lock = path.parent / LOCK_FILE_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(lock):
@@ -300,13 +356,17 @@ def is_archive(path: Path) -> bool:
     return name.endswith(ZIP_SUFFIXES + TAR_SUFFIXES)
 
 
-def safe_extract(archive: Path, dest: Path, *, archive_sha256: str | None = None) -> Path:
+def safe_extract(
+    archive: Path, dest: Path, *, archive_sha256: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Path:
     """Extract a zip or tar archive into directory `dest` and return `dest`.
 
-    Members with absolute paths, `..` components, links leading outside `dest` or device files are refused
-    before anything is written. Extraction goes to a temporary directory beside `dest` and is then moved in
-    (merged when `dest` already holds other archives); `dest/.extracted` records each extracted archive's
-    name, size and sha256, and an archive recorded there is not extracted again.
+    Members with absolute paths, `..` components, links leading outside `dest` (alone or through links
+    extracted before them) or device files are refused, and so is an archive that unpacks to more than
+    `max_bytes` or, beyond `RATIO_FLOOR` bytes, to more than `MAX_RATIO` times its own size (an archive bomb).
+    Extraction goes to a temporary directory beside `dest` and is then moved in (merged when `dest` already
+    holds other archives); `dest/.extracted` records each extracted archive's name, size, mtime and sha256,
+    and an archive recorded there is not extracted again. A full disk is reported as such.
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
@@ -314,26 +374,66 @@ def safe_extract(archive: Path, dest: Path, *, archive_sha256: str | None = None
     marker = dest / EXTRACTED_MARKER
     done = _read_marker(marker)
     previous = done.get(archive.name)
-    archive_size = archive.stat().st_size
-    if previous and previous["size"] == archive_size and archive_sha256 in (None, previous["sha256"]):
+    info = archive.stat()
+    if previous and previous["size"] == info.st_size and archive_sha256 in (None, previous["sha256"]):
         log.info("%s already extracted into %s", archive.name, dest)
         return dest
     sha = archive_sha256 or sha256_of(archive)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; it becomes `dest`
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; it becomes `dest`
+    budget = _Budget(archive, info.st_size, max_bytes)
     try:
         log.info("extracting %s into %s", archive, dest)
-        _extract_members(archive, staging)
+        _extract_members(archive, staging, budget)
         if dest.exists():
             _merge_into(staging, dest)
         else:
             os.rename(staging, dest)
+        done[archive.name] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha,
+                              "extracted": _now()}  # fmt: skip
+        write_json(marker, done)
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        raise DataError(
+            f"no space left on the device while extracting {archive} into {dest.parent} ({err.strerror}); "
+            f"the archive is fine: free at least {_human(budget.total)} there and run again"
+        ) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    done[archive.name] = {"size": archive_size, "sha256": sha, "extracted": _now()}
-    write_json(marker, done)
     return dest
+
+
+class _Budget:
+    """Counts the bytes an archive unpacks to and refuses it past the size limit or the bomb ratio."""
+
+    def __init__(self, archive: Path, archive_size: int, max_bytes: int):
+        self.archive, self.archive_size, self.max_bytes = archive, archive_size, max_bytes
+        self.total = 0
+
+    def add(self, n_bytes: int) -> None:
+        self.total += n_bytes
+        why = ""
+        if self.total > self.max_bytes:
+            why = f"more than the limit of {_human(self.max_bytes)} for this dataset"
+        elif self.total > RATIO_FLOOR and self.total > MAX_RATIO * self.archive_size:
+            ratio = self.total / max(self.archive_size, 1)
+            why = f"a compression ratio of {ratio:.0f}:1 (at most {MAX_RATIO}:1 is plausible for image data)"
+        if why:
+            raise DataError(
+                f"{self.archive}: refusing to extract: its members unpack to at least {_human(self.total)}, "
+                f"{why}; this looks like an archive bomb. If the archive is genuine, raise the dataset's "
+                "max_extracted_gb in src/defectbench/data/registry.yaml"
+            )
+
+
+def _human(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n_bytes < 1000:
+            return f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes:.1f} TB"
 
 
 def _read_marker(marker: Path) -> dict[str, dict[str, Any]]:
@@ -345,12 +445,17 @@ def _read_marker(marker: Path) -> dict[str, dict[str, Any]]:
         raise DataError(f"unreadable extraction marker {marker} ({err}); delete it to extract again") from err
 
 
-def _extract_members(archive: Path, target: Path) -> None:
+def read_extraction_record(dataset_dir: Path, archive_name: str) -> dict[str, Any] | None:
+    """What `safe_extract` recorded about `archive_name` in `dataset_dir` (size, mtime_ns, sha256), or None."""
+    return _read_marker(Path(dataset_dir) / EXTRACTED_MARKER).get(archive_name)
+
+
+def _extract_members(archive: Path, target: Path, budget: _Budget) -> None:
     name = archive.name.lower()
     if name.endswith(ZIP_SUFFIXES) or (not name.endswith(TAR_SUFFIXES) and zipfile.is_zipfile(archive)):
-        _extract_zip(archive, target)
+        _extract_zip(archive, target, budget)
     elif name.endswith(TAR_SUFFIXES) or tarfile.is_tarfile(archive):
-        _extract_tar(archive, target)
+        _extract_tar(archive, target, budget)
     else:
         raise DataError(f"{archive} is neither a zip nor a tar archive; replace it with the original archive")
 
@@ -376,7 +481,7 @@ def _check_link_target(archive: Path, member: str, link_base: PurePosixPath, tar
             raise DataError(f"{archive}: refusing link {member!r} that points outside the target: {target!r}")
 
 
-def _checked_tar_members(archive: Path, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+def _checked_tar_members(archive: Path, tar: tarfile.TarFile, budget: _Budget) -> Iterator[tarfile.TarInfo]:
     for member in tar:
         path = _check_member_path(archive, member.name)
         if member.issym():
@@ -385,42 +490,68 @@ def _checked_tar_members(archive: Path, tar: tarfile.TarFile) -> Iterator[tarfil
             _check_link_target(archive, member.name, PurePosixPath(), member.linkname)
         elif not (member.isfile() or member.isdir()):
             raise DataError(f"{archive}: refusing special file (device, fifo) {member.name!r}")
+        budget.add(member.size if member.isfile() else 0)  # tar headers hold the exact sizes
         yield member
 
 
-def _extract_tar(archive: Path, target: Path) -> None:
+def _extract_tar(archive: Path, target: Path, budget: _Budget) -> None:
     try:
         with tarfile.open(archive, "r:*") as tar:
             # The stdlib "data" filter re-checks every member against the real file system (it catches
             # escapes through chains of symlinks that a purely lexical check cannot see).
-            tar.extractall(target, members=_checked_tar_members(archive, tar), filter="data")
+            tar.extractall(target, members=_checked_tar_members(archive, tar, budget), filter="data")
     except tarfile.FilterError as err:
         raise DataError(f"{archive}: refusing unsafe member ({err})") from err
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise DataError(
-            f"cannot extract {archive} ({err}); the archive is damaged: delete it and fetch again"
-        ) from err
+        _raise_damaged(archive, err)
 
 
-def _extract_zip(archive: Path, target: Path) -> None:
+def _extract_zip(archive: Path, target: Path, budget: _Budget) -> None:
+    """Members are written one by one, each path resolved on disk through the links extracted before it (as
+    tarfile's "data" filter does), so a chain of links that are each harmless alone cannot lead outside."""
+    root = target.resolve()
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
-            for info in infos:  # check everything before writing anything
+            for info in infos:  # check everything that can be checked before writing anything
                 path = _check_member_path(archive, info.filename)
                 if stat.S_ISLNK(info.external_attr >> 16):
                     _check_link_target(archive, info.filename, path.parent, zf.read(info).decode())
+                budget.add(info.file_size)  # zipfile never returns more than the declared size
             for info in infos:
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    link = target / _check_member_path(archive, info.filename)
-                    link.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(zf.read(info).decode(), link)
+                path = target / _check_member_path(archive, info.filename)
+                _inside(archive, info.filename, root, path.parent)
+                if info.is_dir():
+                    _inside(archive, info.filename, root, path).mkdir(parents=True, exist_ok=True)
+                elif stat.S_ISLNK(info.external_attr >> 16):
+                    link_target = zf.read(info).decode()
+                    _inside(archive, info.filename, root, path.parent.resolve() / link_target)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(link_target, path)
                 else:
-                    zf.extract(info, target)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise DataError(
-            f"cannot extract {archive} ({err}); the archive is damaged: delete it and fetch again"
-        ) from err
+                    path = _inside(archive, info.filename, root, path)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as source, open(path, "wb") as sink:
+                        shutil.copyfileobj(source, sink, _CHUNK)
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        _raise_damaged(archive, err)
+
+
+def _inside(archive: Path, member: str, root: Path, path: Path) -> Path:
+    """`path` with every link on the way resolved; refuses it when that lies outside `root`."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise DataError(f"{archive}: refusing member {member!r}: through links extracted before it, it "
+                        f"would be written outside the target (at {resolved})")  # fmt: skip
+    return resolved
+
+
+def _raise_damaged(archive: Path, err: BaseException) -> None:
+    if isinstance(err, OSError) and err.errno in _DISK_FULL:
+        raise err  # not the archive's fault: safe_extract says so
+    raise DataError(
+        f"cannot extract {archive} ({err}); the archive is damaged: delete it and fetch again"
+    ) from err
 
 
 def _merge_into(source: Path, target: Path) -> None:

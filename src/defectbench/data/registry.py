@@ -11,7 +11,7 @@ import yaml
 
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 REQUIRED_KEYS = (
-    "title", "licence", "access", "archives", "manual_instructions", "root", "categories",
+    "title", "licence", "access", "archives", "max_extracted_gb", "manual_instructions", "root", "categories",
     "category_types", "counts",
 )  # fmt: skip
 ARCHIVE_KEYS = ("url", "filename", "size", "sha256")

@@ -8,6 +8,12 @@ that runs the job and reports its exit code. The parent never touches CUDA or ru
 child can initialise CUDA and thread pools itself. It exits after `IDLE_S` seconds without a job. A job whose
 script is killed (Snakemake cancels it) kills its child. Anything wrong with the parent falls back to running the
 job in the script's own process.
+
+A parent serves one checkout: its socket is keyed by the interpreter, the user, the working directory, the
+directory `defectbench` is imported from and the environment variables read when the libraries are imported, so
+two checkouts sharing a virtualenv get a parent each; a parent refuses (and the job then runs in its own process)
+a job whose working directory or `defectbench` import path is not its own. Both ends check that the other one
+runs as the same user.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import defectbench
+
 PRELOAD = ("numpy", "pandas", "scipy.ndimage", "torch", "torchvision", "timm", "pytorch_grad_cam",
            "segmentation_models_pytorch", "faiss", "cv2", "sklearn.metrics", "matplotlib.pyplot")  # fmt: skip
 IDLE_S = 120.0
@@ -38,11 +46,30 @@ DISABLE_ENV = "DEFECTBENCH_WARM"  # "0" runs every job in its own process
 SOCKET_ENV = "DEFECTBENCH_WARM_SOCKET"  # another socket path (tests)
 
 
+IMPORT_ENV = (
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "TORCH_",
+    "PYTORCH_",
+)  # read at import
+REFUSED = 250  # the parent's answer to a job of another checkout
+
+
+def checkout() -> tuple[str, str]:
+    """What a parent serves: this process's working directory and the directory `defectbench` comes from."""
+    return os.path.realpath(os.getcwd()), os.path.realpath(Path(defectbench.__file__).parent)
+
+
 def socket_path() -> Path:
-    """One parent per interpreter (virtualenv) and user: the socket name hashes the interpreter path."""
+    """One parent per interpreter, user, checkout and import-time environment (see the module docstring)."""
     if os.environ.get(SOCKET_ENV):
         return Path(os.environ[SOCKET_ENV])
-    key = hashlib.sha256(f"{sys.executable}:{os.getuid()}".encode()).hexdigest()[:12]
+    imports = sorted((k, v) for k, v in os.environ.items() if k.startswith(IMPORT_ENV))
+    identity = repr((sys.executable, os.getuid(), checkout(), imports))
+    key = hashlib.sha256(identity.encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"defectbench-warm-{key}.sock"
 
 
@@ -57,14 +84,26 @@ def run_job(job: Any, function: str) -> None:
         _resolve(function)(job)
         return
     with connection:
-        payload = pickle.dumps((os.getcwd(), dict(os.environ), job, function))
+        payload = pickle.dumps((checkout(), dict(os.environ), job, function))
         connection.sendall(struct.pack("!Q", len(payload)) + payload)
         reply = _receive(connection, 4)
     if len(reply) != 4:
         raise RuntimeError("the warm worker died while running the job; see the job's log")
     code = struct.unpack("!i", reply)[0]
-    if code != 0:
+    if code == REFUSED:
+        print(
+            f"warm worker at {socket_path()} serves another checkout; running in this process",
+            file=sys.stderr,
+        )
+        _resolve(function)(job)
+    elif code != 0:
         raise SystemExit(code)
+
+
+def _same_user(connection: socket.socket) -> bool:
+    """Whether the process at the other end of the unix socket runs as this user."""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", credentials)[1] == os.getuid()
 
 
 def _connect() -> socket.socket:
@@ -74,6 +113,8 @@ def _connect() -> socket.socket:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             connection.connect(str(path))
+            if not _same_user(connection):
+                raise PermissionError(f"{path} is served by another user")
             return connection
         except OSError:
             connection.close()
@@ -120,6 +161,7 @@ def _receive(connection: socket.socket, size: int) -> bytes:
 
 def serve(path: Path, idle_s: float = IDLE_S) -> None:
     """The parent: import the libraries, then fork a child per connection until idle for `idle_s` seconds."""
+    served = checkout()
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
@@ -138,10 +180,13 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
             if not ready:
                 continue
             connection, _ = listener.accept()
+            if not _same_user(connection):
+                connection.close()
+                continue
             pid = os.fork()
             if pid == 0:
                 listener.close()
-                os._exit(_child(connection))
+                os._exit(_child(connection, served))
             connection.close()
             children.add(pid)
             last_activity = time.monotonic()
@@ -150,13 +195,17 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
         path.unlink(missing_ok=True)
 
 
-def _child(connection: socket.socket) -> int:
+def _child(connection: socket.socket, served: tuple[str, str]) -> int:
     """Run one job; its exit code goes back to the job script. Ends itself if the script goes away."""
     code = 1
     try:
         size = struct.unpack("!Q", _receive(connection, 8))[0]
-        cwd, environ, job, function = pickle.loads(_receive(connection, size))
-        os.chdir(cwd)
+        origin, environ, job, function = pickle.loads(_receive(connection, size))
+        if origin != served:  # another checkout: this process holds the wrong code
+            code = REFUSED
+            connection.sendall(struct.pack("!i", code))
+            return code
+        os.chdir(origin[0])
         os.environ.clear()
         os.environ.update(environ)
         threading.Thread(target=_exit_when_closed, args=(connection,), daemon=True).start()
