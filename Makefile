@@ -40,6 +40,7 @@ test: install chromium lint
 bench: install
 	$(PY) bench/bench_metrics.py
 	$(PY) bench/bench_segdec.py
+	$(PY) bench/bench_weakrest.py
 
 # Re-pin after changing dependencies in pyproject.toml.
 lock:
