@@ -14,10 +14,11 @@ from collections import Counter
 import numpy as np
 import torch
 
-from defectbench.experiments import deep_merge, load_experiments, method_params, planned_runs, read_yaml
+from defectbench.experiments import deep_merge, load_experiments, method_params, read_yaml
 from defectbench.features.residual import ResidualModel
 from defectbench.features.settings import feature_settings
 from defectbench.methods.weakrest.model import ResidualTransformer, residual_tokens
+from defectbench.plan import planned_runs
 
 PAPER_LATENCY_MS = 39.7  # Table VIII, full model, RTX 4090
 

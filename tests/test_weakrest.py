@@ -78,11 +78,13 @@ def weakrest(carpet: dict, supervision: str, upstream: str | None = None, **over
     """A WeakREST model of the demo settings trained with `supervision` (cached per configuration)."""
     key = (supervision, upstream, tuple(sorted(overrides.items())))
     if key not in carpet["models"]:
-        params = deep_merge(method_params("weakrest", "mvtec_ad", "demo"), overrides)
+        params = deep_merge(
+            method_params("weakrest", "mvtec_ad", "demo"), {"supervision": supervision, **overrides}
+        )
         if supervision != "un":
             params["batch_mix"] = [2, 2, 1]
         method = build("weakrest", params, CPU, 0)
-        method.features, method.supervision = carpet["file"], supervision
+        method.features = carpet["file"]
         method.upstream = weakrest(carpet, "un") if upstream else None
         protocol = "unsupervised" if supervision == "un" else "supervised10"
         method.fit(carpet["subsets"][protocol]["train"])

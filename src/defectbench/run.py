@@ -106,7 +106,6 @@ def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> 
         method = build(context.method, context.params, device, run.seed, model.parent)
     else:
         method = _load_method(context.method, context.params, model, run.seed, device)
-    method.supervision = context.experiment["supervision"]
     feature_set = context.params.get("feature_set")
     if feature_set:  # the shared residual stage's file, checked against the current settings
         from defectbench.features.stage import run_features

@@ -25,7 +25,6 @@ class Method(abc.ABC):
     features: Any = (
         None  # the shared residual file (ResidualFile) of the `feature_set` param, set by the runner
     )
-    supervision: str = "un"  # the experiment's supervision (docs/DESIGN.md), set by the runner
 
     def __init__(
         self, params: Mapping[str, Any], device: torch.device, seed: int, workdir: Path | None = None

@@ -126,14 +126,15 @@ class WeakREST(Method):
         grid = tuple(file.residuals.shape[1:3])
         size = (grid[0] * stride, grid[1] * stride)
         normal = [s for s in train if s.label == 0]
-        if self.supervision not in SUPERVISIONS:
-            raise ValueError(f"weakrest supervision {self.supervision!r}; known: {SUPERVISIONS}")
-        real = [s for s in train if s.label == 1] if self.supervision != "un" else []
+        supervision = p["supervision"]
+        if supervision not in SUPERVISIONS:
+            raise ValueError(f"weakrest supervision {supervision!r}; known: {SUPERVISIONS}")
+        real = [s for s in train if s.label == 1] if supervision != "un" else []
         rng = np.random.default_rng(self.seed)
         normal_rows = file.rows([s.image_id for s in normal])
         real_rows = file.rows([s.image_id for s in real])
         real_labels = (
-            np.stack([real_block_labels(s, self.supervision, p, size, stride, rng) for s in real])
+            np.stack([real_block_labels(s, supervision, p, size, stride, rng) for s in real])
             if real
             else None
         )
