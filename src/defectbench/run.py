@@ -34,6 +34,9 @@ class RunInputs:
     manifest: Path
     split: Path
     upstream_model: Path | None = None  # model.pt of the experiment's `upstream:` run
+    features: Path | None = (
+        None  # the shared residual file of the method's `feature_set` (defectbench.features)
+    )
 
 
 class RunContext:
@@ -108,6 +111,16 @@ def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> 
         method = build(context.method, context.params, device, run.seed, model.parent)
     else:
         method = _load_method(context.method, context.params, model, run.seed, device)
+    feature_set = context.params.get("feature_set")
+    if feature_set:  # the shared residual stage's file, checked against the current settings
+        from defectbench.features.stage import run_features
+
+        if context.inputs.features is None:
+            raise ValueError(
+                f"{run.experiment} names feature set {feature_set!r} but no residual file was given"
+            )
+        method.features = run_features(context.inputs.features, run.dataset, run.category, feature_set,
+                                       context.config["scale"])  # fmt: skip
     if context.experiment.get("upstream"):
         if context.inputs.upstream_model is None:
             raise ValueError(f"{run.experiment} has an upstream experiment but no upstream model was given")
@@ -191,7 +204,12 @@ def predict(
             f"{context.method}.predict returned maps of {predicted.maps.shape[1:]}, not {context.eval_size}"
         )
     predicted.save(predictions)
-    write_json(predict_time, {"seconds": seconds, "n": len(samples), **ran_on})
+    timing = {"seconds": seconds, "n": len(samples), **ran_on}
+    if (
+        getattr(method, "latency_ms", None) is not None
+    ):  # measured by the method per image (WeakREST Tables V, VIII, X)
+        timing["latency_ms"] = float(method.latency_ms)
+    write_json(predict_time, timing)
     return Path(predictions)
 
 
@@ -226,13 +244,17 @@ def evaluate(
         labels,
         predicted.maps,
         masks,
-        names,
+        [name for name in names if name != "latency_ms"],
         boxes=boxes,
         box_classes=experiment.get("classes"),
         threshold=threshold_rule(experiment.get("threshold", "otsu")),
         f1_level=f1_level,
     )
     trained, predicted_time = read_timing(train_time), read_timing(predict_time)
+    if "latency_ms" in names:
+        if "latency_ms" not in predicted_time:
+            raise DataError(f"{predict_time} has no latency_ms; re-run predict")
+        values["latency_ms"] = predicted_time["latency_ms"]
     result = {
         "dataset": run.dataset,
         "category": run.category,

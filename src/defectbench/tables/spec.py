@@ -110,8 +110,13 @@ class TableSpec:
     best_axis: str = "column"
 
     def cell_keys(self, row: GridEntry, column: GridEntry) -> dict:
-        """Defaults updated with the row's keys, then the column's (column wins)."""
-        return {**self.defaults, **row.keys, **column.keys}
+        """Defaults updated with the row's keys, then the column's (column wins); `experiment_by_setting` (a row
+        variant measured under each column's setting) becomes the cell's `experiment` for its `setting`."""
+        keys = {**self.defaults, **row.keys, **column.keys}
+        by_setting = keys.pop("experiment_by_setting", None)
+        if by_setting and str(keys.get("setting")) in by_setting:
+            keys["experiment"] = by_setting[str(keys["setting"])]
+        return keys
 
 
 def table_specs(spec: Mapping[str, Any]) -> list[TableSpec]:

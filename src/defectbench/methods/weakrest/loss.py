@@ -1,0 +1,93 @@
+"""WeakREST's losses: class-normalised focal loss (Eq. 17), randomly masked residuals (Eq. 18) and ResMixMatch
+(Algorithm 1). Token labels: 1 defective, 0 normal, IGNORE (Eq. 15's ∅ of a labelled image), UNKNOWN (a block of
+a weakly-labelled image inside a box or on an image-level positive: ResMixMatch guesses its label)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -1
+UNKNOWN = -2
+
+
+def focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, use: torch.Tensor, alpha: float, gamma: float
+) -> torch.Tensor:
+    """Eq. 17 with soft targets t: positive terms weighted by t and averaged over Σt, negative terms by 1 − t over
+    Σ(1 − t). With hard labels this is Eq. 17 exactly; with mixed-up targets it keeps MixMatch's soft labels
+    (Algorithm 1's 0.5 threshold would teach a token carrying up to half a defect residual as fully normal)."""
+    p = torch.sigmoid(logits)
+    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    t = targets[use]
+    loss = logits.new_zeros(())
+    if t.numel() == 0:
+        return loss
+    negative, positive = 1 - t, t
+    if negative.sum() > 0:
+        terms = (1 - alpha) * p[use] ** gamma * log_not_p[use]
+        loss = loss - (negative * terms).sum() / negative.sum()
+    if positive.sum() > 0:
+        terms = alpha * (1 - p[use]) ** gamma * log_p[use]
+        loss = loss - (positive * terms).sum() / positive.sum()
+    return loss
+
+
+def random_mask(tokens: torch.Tensor, beta: float, kappa: float, generator: torch.Generator) -> torch.Tensor:
+    """Eq. 18: each token zeroed with probability β, else jittered by Gaussian noise of κ times its own norm."""
+    tau = torch.rand(tokens.shape[:-1], generator=generator, device=tokens.device)
+    noise = torch.randn(tokens.shape, generator=generator, device=tokens.device)
+    scale = kappa * tokens.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    jittered = tokens + scale * noise
+    return torch.where((tau <= beta)[..., None], torch.zeros_like(tokens), jittered)
+
+
+def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MixMatch's sharpening of a binary probability."""
+    a, b = p ** (1 / temperature), (1 - p) ** (1 / temperature)
+    return a / (a + b).clamp_min(1e-12)
+
+
+def resmixmatch_loss(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    params: dict,
+    lambda_u: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_x + λ_u L_u of Algorithm 1 for tokens (B, h, w, d) and labels (B, h, w).
+
+    Without UNKNOWN tokens this is the supervised loss: Eq. 17 on the masked tokens (Eq. 18) of the known ones.
+    Mixup pairs whole token maps of the batch (per-image, positions kept, so that the Swin blocks still see
+    coherent neighbourhoods); a mixed token is unknown, known or ignored as its first image's token.
+    """
+    beta, kappa = params["mask_probability"], params["jitter"]
+    known, unknown = labels >= 0, labels == UNKNOWN
+    targets = labels.clamp_min(0).float()
+    if not unknown.any():
+        logits = model(random_mask(tokens, beta, kappa, generator))
+        loss = focal_loss(logits, targets, known, params["focal_alpha"], params["focal_gamma"])
+        return loss, {"loss_x": float(loss.detach()), "loss_u": 0.0}
+    with torch.no_grad():  # label guessing over A augmentations, sharpened
+        guesses = torch.stack(
+            [
+                torch.sigmoid(model(random_mask(tokens, beta, kappa, generator)))
+                for _ in range(params["augmentations"])
+            ]
+        ).mean(0)
+        targets = torch.where(unknown, sharpen(guesses, params["sharpen_temperature"]), targets)
+    mix = torch.distributions.Beta(params["mixup_alpha"], params["mixup_alpha"]).sample().item()
+    mix = max(mix, 1 - mix)
+    order = torch.randperm(len(tokens), generator=generator).to(tokens.device)
+    mixed_tokens = mix * tokens + (1 - mix) * tokens[order]
+    mixed_targets = mix * targets + (1 - mix) * targets[order]
+    usable = labels[order] != IGNORE
+    logits = model(random_mask(mixed_tokens, beta, kappa, generator))
+    loss_x = focal_loss(logits, mixed_targets, known & usable, params["focal_alpha"], params["focal_gamma"])
+    loss_u = focal_loss(
+        logits, mixed_targets, unknown & usable, params["focal_alpha_u"], params["focal_gamma"]
+    )
+    return loss_x + lambda_u * loss_u, {"loss_x": float(loss_x.detach()), "loss_u": float(loss_u.detach())}

@@ -1,0 +1,222 @@
+"""WeakREST learns: on synthetic MVTec-format data with random backbones it beats PatchCore with pixel and block
+labels, and the LDA foreground separates an object from a flat background. Margins were measured (see each
+assertion). Box and image labels (ResMixMatch) do not beat these baselines at demo scale (measured, see the method
+config): no test claims they do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from defectbench.data.samples import Sample
+from defectbench.experiments import deep_merge, method_params
+from defectbench.features import ResidualFile, compute_residual_features, feature_settings
+from defectbench.methods.base import build
+from defectbench.methods.weakrest.anomalies import synthesize_anomaly
+from defectbench.methods.weakrest.foreground import ForegroundEstimator
+from defectbench.methods.weakrest.loss import UNKNOWN, focal_loss, random_mask, sharpen
+from defectbench.methods.weakrest.method import real_block_labels
+from defectbench.metrics import evaluate
+from defectbench.tables.spec import GridEntry, TableSpec
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def carpet(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Synthetic MVTec carpet (16 defective images: 10 to training), its residual file and PatchCore's pixel AP."""
+    from defectbench.data.indexers import index_dataset
+    from defectbench.data.samples import load_samples
+    from defectbench.data.splits import make_split
+    from defectbench.data.synthetic import synthesize
+    from defectbench.io import write_csv
+
+    tmp = tmp_path_factory.mktemp("weakrest")
+    torch.set_num_threads(1)
+    root = synthesize(
+        "mvtec_ad", tmp / "mvtec_ad", seed=0, categories=["carpet"], image_size=64, n_test_per_defect=8
+    )
+    manifest = index_dataset("mvtec_ad", root, check_counts=False)
+    manifest_csv = write_csv(tmp / "manifest.csv", manifest)
+    subsets = {}
+    for protocol in ("unsupervised", "supervised10"):
+        split_csv = write_csv(
+            tmp / f"{protocol}.csv", make_split("mvtec_ad", protocol, manifest, synthetic=True)
+        )
+        subsets[protocol] = load_samples(manifest_csv, split_csv, root, "carpet")
+    settings = feature_settings("weakrest", "mvtec_ad", "carpet", "demo")
+    path = compute_residual_features(
+        tmp / "residuals.npz", subsets["unsupervised"], settings, CPU, "unsupervised.csv"
+    )
+    patchcore = build("patchcore", method_params("patchcore", "mvtec_ad", "demo"), CPU, 0)
+    patchcore.fit(subsets["supervised10"]["train"])
+    test = subsets["supervised10"]["test"]
+    return {
+        "subsets": subsets,
+        "file": ResidualFile(path, settings),
+        "test": test,
+        "patchcore": pixel_ap(patchcore, test),
+        "models": {},
+    }
+
+
+def pixel_ap(method, test: list[Sample]) -> float:
+    predictions = method.predict(test, SIZE)
+    masks = np.stack([s.read_mask(SIZE) for s in test])
+    labels = np.array([s.label for s in test])
+    return evaluate(predictions.score, labels, predictions.maps, masks, ["p_ap"])["p_ap"]
+
+
+def weakrest(carpet: dict, supervision: str, upstream: str | None = None, **overrides: object):
+    """A WeakREST model of the demo settings trained with `supervision` (cached per configuration)."""
+    key = (supervision, upstream, tuple(sorted(overrides.items())))
+    if key not in carpet["models"]:
+        params = deep_merge(
+            method_params("weakrest", "mvtec_ad", "demo"), {"supervision": supervision, **overrides}
+        )
+        if supervision != "un":
+            params["batch_mix"] = [2, 2, 1]
+        method = build("weakrest", params, CPU, 0)
+        method.features = carpet["file"]
+        method.upstream = weakrest(carpet, "un") if upstream else None
+        protocol = "unsupervised" if supervision == "un" else "supervised10"
+        method.fit(carpet["subsets"][protocol]["train"])
+        carpet["models"][key] = method
+    return carpet["models"][key]
+
+
+def test_pixel_labels_beat_patchcore(carpet: dict) -> None:
+    ap = pixel_ap(weakrest(carpet, "pixel"), carpet["test"])
+    assert ap > carpet["patchcore"] + 0.05, (ap, carpet["patchcore"])  # measured: 0.47 vs 0.37
+
+
+def test_block_labels_still_beat_patchcore(carpet: dict) -> None:
+    block = pixel_ap(weakrest(carpet, "block"), carpet["test"])
+    assert block > carpet["patchcore"] + 0.05, (block, carpet["patchcore"])  # measured: 0.47 vs 0.37
+
+
+def test_predict_reports_latency_and_maps_at_eval_size(carpet: dict) -> None:
+    model = weakrest(carpet, "un")
+    predictions = model.predict(carpet["test"][:3], (32, 48))
+    assert predictions.maps.shape == (3, 32, 48)
+    assert model.latency_ms > 0
+
+
+def test_state_round_trip_predicts_the_same(carpet: dict) -> None:
+    model = weakrest(carpet, "un")
+    again = build("weakrest", model.params, CPU, 0)
+    again.features = carpet["file"]
+    again.load_state_dict(model.state_dict())
+    a, b = model.predict(carpet["test"][:4], SIZE), again.predict(carpet["test"][:4], SIZE)
+    np.testing.assert_allclose(a.maps, b.maps, atol=1e-6)
+
+
+def object_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A textured disc on a flat grey background, slightly shifted; (image, object mask)."""
+    y, x = np.mgrid[0:64, 0:64]
+    cy, cx = 32 + rng.integers(-3, 4), 32 + rng.integers(-3, 4)
+    inside = (y - cy) ** 2 + (x - cx) ** 2 < 18**2
+    image = np.full((64, 64, 3), 128, np.uint8)
+    texture = (128 + 100 * np.sin(x / 1.5) * np.cos(y / 2.0) + rng.normal(0, 10, (64, 64))).clip(0, 255)
+    image[inside] = texture[inside, None].astype(np.uint8)
+    return image, inside
+
+
+def test_lda_foreground_separates_object_from_flat_background(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    samples, masks = [], []
+    for i in range(8):
+        image, mask = object_image(rng)
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(image).save(path)
+        samples.append(Sample(f"train/{i}", 0, "good", path, "", tmp_path, 64, 64, "train", False))
+        masks.append(mask)
+    settings = feature_settings("weakrest", "mvtec_ad", "bottle", "demo")
+    file = ResidualFile(
+        compute_residual_features(tmp_path / "r.npz", {"train": samples}, settings, CPU, "s.csv")
+    )
+    params = method_params("weakrest", "mvtec_ad", "demo")["foreground"]
+    estimator = ForegroundEstimator(params, file, CPU, 0)
+    estimator.fit(samples, SIZE)
+    truth = np.stack([m.reshape(8, 8, 8, 8).mean(axis=(1, 3)) > 0.5 for m in masks])
+    auroc = roc_auc_score(truth.ravel(), estimator.maps.ravel())
+    assert auroc > 0.9, auroc
+
+
+def test_weak_labels_of_real_defects() -> None:
+    """Box and image labels leave the defect unknown and the outside normal; pixel labels mark it defective."""
+
+    class FakeSample:
+        def read_mask(self, size):
+            mask = np.zeros(size, bool)
+            mask[16:32, 16:40] = True
+            return mask
+
+    params = {"eps_pos": 0.5, "eps_neg": 0.1, "box_jitter": 0}
+    rng = np.random.default_rng(0)
+    pixel = real_block_labels(FakeSample(), "pixel", params, SIZE, 8, rng)
+    bbox = real_block_labels(FakeSample(), "bbox", params, SIZE, 8, rng)
+    image = real_block_labels(FakeSample(), "image", params, SIZE, 8, rng)
+    assert pixel[2:4, 2:5].min() == 1 and pixel[0, 0] == 0
+    assert (bbox[2:4, 2:5] == UNKNOWN).all() and bbox[0, 0] == 0 and bbox.max() == 0
+    assert (image == UNKNOWN).all()
+
+
+def test_loss_pieces() -> None:
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(2, 4, 4, 8)
+    masked = random_mask(tokens, beta=1.0, kappa=0.0, generator=generator)
+    assert torch.count_nonzero(masked) == 0
+    jittered = random_mask(tokens, beta=0.0, kappa=0.1, generator=generator)
+    relative = (jittered - tokens).norm(dim=-1) / tokens.norm(dim=-1)
+    torch.testing.assert_close(relative, torch.full_like(relative, 0.1))
+    assert sharpen(torch.tensor([0.7]), 0.5) > 0.7 and sharpen(torch.tensor([0.5]), 0.5) == 0.5
+    logits = torch.tensor([3.0, -3.0, 3.0])
+    good = focal_loss(logits, torch.tensor([1.0, 0.0, 1.0]), torch.ones(3, dtype=torch.bool), 0.25, 4)
+    bad = focal_loss(logits, torch.tensor([0.0, 1.0, 0.0]), torch.ones(3, dtype=torch.bool), 0.25, 4)
+    assert good < bad
+
+
+def test_synthetic_anomaly_changes_only_its_mask() -> None:
+    rng = np.random.default_rng(0)
+    image = np.full((64, 64, 3), 100, np.uint8)
+    params = method_params("weakrest", "mvtec_ad", "demo")["anomaly"]
+    anomalous, mask = synthesize_anomaly(image, rng, lambda r, s: np.full((*s, 3), 250, np.uint8), params)
+    assert mask.sum() > params["min_component_px"]
+    assert (anomalous[~mask] == 100).all() and (anomalous[mask] != 100).any()
+
+
+def test_experiment_by_setting_picks_the_cell_experiment() -> None:
+    table = TableSpec("t", "t", [], [], defaults={"dataset": "mvtec_ad"})
+    row = GridEntry("eps", {"experiment_by_setting": {"un": "a_un", "rbbox": "a_rbbox"}})
+    assert table.cell_keys(row, GridEntry("AP", {"setting": "rbbox"}))["experiment"] == "a_rbbox"
+    assert "experiment" not in table.cell_keys(row, GridEntry("AP", {"setting": "bbox"}))
+
+
+def test_every_weakrest_cell_of_ours_is_measured() -> None:
+    """No cell of the paper's own method is left published-only (Tables I-X, Fig. 6)."""
+    from defectbench.tables.spec import figure_points, load_spec, table_specs
+
+    spec = load_spec("config/tables/weakrest.yaml")
+    missing = []
+    for table in table_specs(spec):
+        for row in table.rows:
+            for column in table.columns:
+                keys = table.cell_keys(row, column)
+                if (
+                    str(keys.get("method", "")).startswith("Ours")
+                    and not row.average_of
+                    and "experiment" not in keys
+                ):
+                    missing.append((table.name, row.label, column.label))
+    for _, _, keys in figure_points(spec["figures"]["fig6"]):
+        if keys["method"] == "Ours" and "experiment" not in keys:
+            missing.append(("fig6", keys["setting"]))
+    assert not missing
