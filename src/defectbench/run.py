@@ -202,6 +202,8 @@ def evaluate(
     """Metrics of the predictions against the ground truth; writes metrics.json (docs/DESIGN.md contract)."""
     from defectbench.metrics import DEFAULT_METRICS, needs_masks, scale_boxes, threshold_rule
     from defectbench.metrics import evaluate as compute_metrics
+    from defectbench.metrics.clicks import is_click_metric
+    from defectbench.metrics.clicks import metrics_from_predictions as click_metrics
 
     context = RunContext(run, config, inputs)
     samples = context.eval_samples()
@@ -210,9 +212,12 @@ def evaluate(
         raise DataError(f"{predictions} does not match the split's images; re-run predict")
     experiment = context.experiment
     names = experiment.get("metrics", list(DEFAULT_METRICS))
+    click_names = [name for name in names if is_click_metric(name)]  # measured by the click protocol
+    names = [name for name in names if name not in click_names]
     f1_level = experiment.get("f1_level", "image")
     size = predicted.maps.shape[1:]
-    masks = np.stack([sample.read_mask(size) for sample in samples]) if needs_masks(names, f1_level) else None
+    with_masks = needs_masks(names, f1_level) or bool(click_names)
+    masks = np.stack([sample.read_mask(size) for sample in samples]) if with_masks else None
     boxes = [scale_boxes(s.boxes, (s.height, s.width), size) for s in samples] if "box_ap" in names else None
     labels = np.array([sample.label for sample in samples])
     started = time.perf_counter()
@@ -227,6 +232,10 @@ def evaluate(
         threshold=threshold_rule(experiment.get("threshold", "otsu")),
         f1_level=f1_level,
     )
+    if click_names:
+        if predicted.click_ious is None:
+            raise DataError(f"{predictions} holds no click curves: {context.method} is not a click model")
+        values |= click_metrics(predicted.click_ious, predicted.click_maps, masks, click_names)
     trained, predicted_time = read_timing(train_time), read_timing(predict_time)
     result = {
         "dataset": run.dataset,

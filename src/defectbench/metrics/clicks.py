@@ -16,6 +16,7 @@ defined (all NaN when none is).
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from defectbench.metrics.evaluate import evaluate as evaluate_maps
 MAX_CLICKS = 20  # RITM / SimpleClick / ADClick evaluation
 THRESHOLD = 0.49  # RITM's pred_thr: a pixel is predicted defective when its probability exceeds it
 LABEL_METRICS = ("p_ap", "pro", "p_auroc", "miou")  # ADClick Table 1, after exactly 3 and 5 clicks
+# noc85/noc90 and <metric>_c<k> = that metric of the maps after exactly k clicks (workflow/schemas/metrics.schema)
+CLICK_METRIC = re.compile(r"^(noc85|noc90|(?:p_ap|pro|p_auroc|miou)_c([1-9][0-9]*))$")
 
 
 @dataclass(frozen=True)
@@ -220,3 +223,36 @@ def click_metrics(
 def _mean(values: Sequence[float]) -> float:
     values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
+
+
+def is_click_metric(name: str) -> bool:
+    """Whether `name` is measured by the click protocol (noc85, noc90, p_ap_c5, miou_c3, ...)."""
+    return bool(CLICK_METRIC.match(name))
+
+
+def metrics_from_predictions(
+    ious: np.ndarray, click_maps: dict[int, np.ndarray], masks: np.ndarray, names: Sequence[str]
+) -> dict[str, float]:
+    """The click metrics `names` from a predictions.npz's IoU curves and maps after k clicks (same image order
+    as `masks`); a label metric after k clicks needs the maps after k clicks to have been kept."""
+    ious = np.asarray(ious, float)
+    wanted = {int(m.group(2)) for m in map(CLICK_METRIC.match, names) if m and m.group(2)}
+    missing = sorted(k for k in wanted if k not in click_maps and k > ious.shape[1])
+    if missing:
+        raise ValueError(
+            f"click metrics after {missing} clicks need a longer click loop ({ious.shape[1]} clicks)"
+        )
+    label_clicks = sorted(k for k in wanted if k in click_maps)
+    runs = [
+        ClickRun(
+            [],
+            curve,
+            {k: click_maps[k][i].astype(np.float32) for k in label_clicks if not np.isnan(curve).all()},
+        )
+        for i, curve in enumerate(ious)
+    ]
+    values = click_metrics(runs, masks, label_clicks, wanted - set(label_clicks), ious.shape[1])
+    unknown = [name for name in names if name not in values]
+    if unknown:
+        raise ValueError(f"click metrics {unknown} need the maps after those clicks in predictions.npz")
+    return {name: values[name] for name in names}
