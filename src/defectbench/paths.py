@@ -17,6 +17,7 @@ PREDICTIONS = RUN_DIR + "/predictions.npz"
 METRICS = RUN_DIR + "/metrics.json"
 TRAIN_TIME = RUN_DIR + "/train_time.json"  # seconds and device, read into metrics.json
 PREDICT_TIME = RUN_DIR + "/predict_time.json"
+FEATURES = "results/features/{dataset}/{category}/{feature_set}/residuals.npz"  # shared residual stage
 METRICS_TABLE = "results/metrics.csv"
 TABLES_ROOT = "results/tables"
 TABLES_DIR = TABLES_ROOT + "/{paper}"  # holds <table>.{csv,md,html} of every table of the paper

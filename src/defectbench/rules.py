@@ -54,11 +54,13 @@ def _run_inputs(smk: Any) -> Any:
     from defectbench.run import RunInputs
 
     upstream = list(smk.input.upstream)
+    features = list(smk.input.features)
     return RunInputs(
         Path(smk.input.dataset),
         Path(smk.input.manifest),
         Path(smk.input.split),
         Path(upstream[0]) if upstream else None,
+        Path(features[0]) if features else None,
     )
 
 
@@ -124,6 +126,17 @@ def split(smk: Any) -> None:
         Path(smk.input[0]),
         synthetic=is_synthetic(dataset, smk.config),
     )
+
+
+@rule
+def residual_features(smk: Any) -> None:
+    """Residuals of every image of one split unit with one feature set (defectbench.features)."""
+    from defectbench.features.stage import residual_features_job
+
+    residual_features_job(
+        Path(smk.output[0]), Path(smk.input.dataset), smk.input.manifest, smk.input.split, smk.wildcards.dataset,
+        smk.wildcards.category, smk.params.settings, threads=smk.threads,
+    )  # fmt: skip
 
 
 @rule

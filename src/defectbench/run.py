@@ -33,6 +33,7 @@ class RunInputs:
     manifest: Path
     split: Path
     upstream_model: Path | None = None  # model.pt of the experiment's `upstream:` run
+    features: Path | None = None  # the shared residual file of the method's `feature_set` (defectbench.features)
 
 
 class RunContext:
@@ -103,6 +104,14 @@ def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> 
         method = build(context.method, context.params, device, run.seed, model.parent)
     else:
         method = _load_method(context.method, context.params, model, run.seed, device)
+    feature_set = context.params.get("feature_set")
+    if feature_set:  # the shared residual stage's file, checked against the current settings
+        from defectbench.features.stage import run_features
+
+        if context.inputs.features is None:
+            raise ValueError(f"{run.experiment} names feature set {feature_set!r} but no residual file was given")
+        method.features = run_features(context.inputs.features, run.dataset, run.category, feature_set,
+                                       context.config["scale"])  # fmt: skip
     if context.experiment.get("upstream"):
         if context.inputs.upstream_model is None:
             raise ValueError(f"{run.experiment} has an upstream experiment but no upstream model was given")

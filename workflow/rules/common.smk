@@ -5,7 +5,8 @@ from defectbench.data.datasets import dataset_names
 from defectbench.data.registry import dataset_entry
 from defectbench.data.splits import protocols_for
 from defectbench.data.locations import dataset_dir, is_synthetic
-from defectbench.experiments import is_split_count, load_experiments
+from defectbench.experiments import is_split_count, load_experiments, method_params
+from defectbench.features.settings import feature_set_names, feature_settings
 from defectbench.plan import planned_runs
 from defectbench.tables import figure_names
 
@@ -50,6 +51,7 @@ wildcard_constraints:
     experiment=r"[^/]+",
     protocol=r"[^/]+",
     paper=r"[^/]+",
+    feature_set="|".join(feature_set_names()),
 
 
 def upstream_models(wildcards):
@@ -70,6 +72,38 @@ def dataset_archives(wildcards):
     ]
 
 
+def resolved_feature_settings(wildcards):
+    return feature_settings(
+        wildcards.feature_set, wildcards.dataset, wildcards.category, config["scale"]
+    )
+
+
+def feature_split(wildcards):
+    """The split whose normal training images form the feature set's reference bank."""
+    protocol = resolved_feature_settings(wildcards)["protocol"]
+    return paths.SPLIT.format(dataset=wildcards.dataset, protocol=protocol)
+
+
+def feature_files(wildcards):
+    """The shared residual file the run's method reads (its `feature_set` hyper-parameter), if any."""
+    experiment = EXPERIMENTS[wildcards.experiment]
+    params = method_params(
+        experiment["method"],
+        wildcards.dataset,
+        config["scale"],
+        experiment.get("params"),
+    )
+    if not params.get("feature_set"):
+        return []
+    return [
+        paths.FEATURES.format(
+            dataset=wildcards.dataset,
+            category=wildcards.category,
+            feature_set=params["feature_set"],
+        )
+    ]
+
+
 def run_inputs(wildcards):
     experiment = EXPERIMENTS[wildcards.experiment]
     return {
@@ -80,4 +114,5 @@ def run_inputs(wildcards):
         ),
         "method_config": f"config/methods/{experiment['method']}.yaml",
         "upstream": upstream_models(wildcards),
+        "features": feature_files(wildcards),
     }

@@ -22,6 +22,9 @@ class Method(abc.ABC):
     name: ClassVar[str]
     required_params: ClassVar[tuple[str, ...]] = ()  # keys config/methods/<name>.yaml must provide
     upstream: Method | None = None  # a fitted method of the experiment's `upstream:` run, set by the runner
+    features: Any = (
+        None  # the shared residual file (ResidualFile) of the `feature_set` param, set by the runner
+    )
 
     def __init__(
         self, params: Mapping[str, Any], device: torch.device, seed: int, workdir: Path | None = None
