@@ -31,7 +31,8 @@ Reading (``defectbench.features.store``):
 
 File format: results/features/<dataset>/<category>/<feature_set>/residuals.npz, an uncompressed zip of .npy
 members (``format``, ``settings`` JSON, ``image_id``, ``subset``, ``train_ids``, ``references``, ``summary``,
-``residuals`` (N, h, w, d) float16, ``state.*`` the fitted bank/PCA/retrieval arrays); see ``store``.
+``seconds_per_image`` and ``device`` (residual time per image, for consumers' latency), ``residuals`` (N, h, w, d)
+float16, ``state.*`` the fitted bank/PCA/retrieval arrays); see ``store``.
 """
 
 from defectbench.features.residual import ResidualModel, positional_code

@@ -4,6 +4,7 @@ for every consumer (WeakREST's variants, ADClick, RFL+RIS)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,13 +90,16 @@ def compute_residual_features(
     summary = model.fit(read_batches(references, size, batch, "residual bank"), len(references), grid)
     own_index = {sample.image_id: i for i, sample in enumerate(references)}
     found: list[np.ndarray] = []
+    seconds = [0.0]
 
     def chunks() -> Iterator[np.ndarray]:
         for start, images in zip(
             range(0, len(every), batch), read_batches(every, size, batch, "residuals"), strict=False
         ):
             part = every[start : start + batch]
+            started = time.perf_counter()
             residuals, refs = model.residuals(images, [own_index.get(s.image_id) for s in part])
+            seconds[0] += time.perf_counter() - started
             found.extend(refs)
             yield residuals.astype(np.float16)
 
@@ -104,7 +108,12 @@ def compute_residual_features(
         padded = np.full((len(found), width), -1, dtype=np.int32)
         for row, refs in enumerate(found):
             padded[row, : len(refs)] = refs
-        return {"references": padded}
+        # backbone, retrieval, matching and residual per image (batched), for the latency of the consumers
+        return {
+            "references": padded,
+            "seconds_per_image": np.array(seconds[0] / len(every)),
+            "device": np.array(str(device)),
+        }
 
     arrays = {
         "image_id": np.array([s.image_id for s in every]),
