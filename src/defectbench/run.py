@@ -16,7 +16,7 @@ import pandas as pd
 from defectbench.data.images import DataError
 from defectbench.data.locations import is_synthetic, ready_root
 from defectbench.data.samples import Sample, load_samples
-from defectbench.experiments import CONFIG_DIR, load_experiments, method_params
+from defectbench.experiments import CONFIG_DIR, load_experiments, method_params, pretrain_units
 from defectbench.io import atomic_path, write_csv, write_json
 from defectbench.plan import Run
 from defectbench.predictions import Predictions
@@ -33,7 +33,11 @@ class RunInputs:
     manifest: Path
     split: Path
     upstream_model: Path | None = None  # model.pt of the experiment's `upstream:` run
-    features: Path | None = None  # the shared residual file of the method's `feature_set` (defectbench.features)
+    features: Path | None = (
+        None  # the shared residual file of the method's `feature_set` (defectbench.features)
+    )
+    # per unit of `pretrain_on` (experiments.pretrain_units order): dataset marker, manifest, split, residual file
+    pretrain: tuple[tuple[Path, Path, Path, Path], ...] = ()
 
 
 class RunContext:
@@ -95,6 +99,27 @@ def _load_method(name: str, params: Mapping[str, Any], model: Path, seed: int, d
     return method
 
 
+def _pretrain_units(context: RunContext, feature_set: str) -> list[tuple[list[Sample], Any]]:
+    """(every image, opened residual file) of each unit the method pre-trains on, from the declared files."""
+    from defectbench.features.stage import run_features
+
+    units = pretrain_units(context.params, context.run.dataset, context.run.category, context.config)
+    if len(units) != len(context.inputs.pretrain):
+        raise ValueError(
+            f"{context.run.experiment} pre-trains on {units} but {len(context.inputs.pretrain)} were given"
+        )
+    pretrain = []
+    for (dataset, category), (ready, manifest, split, features) in zip(
+        units, context.inputs.pretrain, strict=True
+    ):
+        subsets = load_samples(manifest, split, ready_root(dataset, ready), category)
+        samples = [sample for subset in subsets.values() for sample in subset]
+        pretrain.append(
+            (samples, run_features(features, dataset, category, feature_set, context.config["scale"]))
+        )
+    return pretrain
+
+
 def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> Any:
     """The run's method with its upstream attached: freshly built to fit (fit=True) or loaded from `model`."""
     from defectbench.methods.base import build
@@ -109,9 +134,13 @@ def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> 
         from defectbench.features.stage import run_features
 
         if context.inputs.features is None:
-            raise ValueError(f"{run.experiment} names feature set {feature_set!r} but no residual file was given")
+            raise ValueError(
+                f"{run.experiment} names feature set {feature_set!r} but no residual file was given"
+            )
         method.features = run_features(context.inputs.features, run.dataset, run.category, feature_set,
                                        context.config["scale"])  # fmt: skip
+    if fit and context.inputs.pretrain:
+        method.pretrain = _pretrain_units(context, feature_set)
     if context.experiment.get("upstream"):
         if context.inputs.upstream_model is None:
             raise ValueError(f"{run.experiment} has an upstream experiment but no upstream model was given")

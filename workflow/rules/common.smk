@@ -5,7 +5,12 @@ from defectbench.data.datasets import dataset_names
 from defectbench.data.registry import dataset_entry
 from defectbench.data.splits import protocols_for
 from defectbench.data.locations import dataset_dir, is_synthetic
-from defectbench.experiments import is_split_count, load_experiments, method_params
+from defectbench.experiments import (
+    is_split_count,
+    load_experiments,
+    method_params,
+    pretrain_units,
+)
 from defectbench.features.settings import feature_set_names, feature_settings
 from defectbench.plan import planned_runs
 from defectbench.tables import figure_names
@@ -84,15 +89,20 @@ def feature_split(wildcards):
     return paths.SPLIT.format(dataset=wildcards.dataset, protocol=protocol)
 
 
-def feature_files(wildcards):
-    """The shared residual file the run's method reads (its `feature_set` hyper-parameter), if any."""
+def run_params(wildcards):
+    """The run's resolved hyper-parameters (config/methods/<method>.yaml with the experiment's overrides)."""
     experiment = EXPERIMENTS[wildcards.experiment]
-    params = method_params(
+    return method_params(
         experiment["method"],
         wildcards.dataset,
         config["scale"],
         experiment.get("params"),
     )
+
+
+def feature_files(wildcards):
+    """The shared residual file the run's method reads (its `feature_set` hyper-parameter), if any."""
+    params = run_params(wildcards)
     if not params.get("feature_set"):
         return []
     return [
@@ -102,6 +112,32 @@ def feature_files(wildcards):
             feature_set=params["feature_set"],
         )
     ]
+
+
+def pretrain_inputs(wildcards):
+    """Per unit the method pre-trains on (`pretrain_on`, in defectbench.experiments.pretrain_units order): its
+    dataset marker, manifest, feature-set split and residual file."""
+    params = run_params(wildcards)
+    units = pretrain_units(params, wildcards.dataset, wildcards.category, config)
+    if not units or not params.get("feature_set"):
+        return {}
+    feature_set = params["feature_set"]
+
+    def split(dataset, category):
+        protocol = feature_settings(feature_set, dataset, category, config["scale"])[
+            "protocol"
+        ]
+        return paths.SPLIT.format(dataset=dataset, protocol=protocol)
+
+    return {
+        "pretrain_ready": [paths.DATASET_READY.format(dataset=d) for d, _ in units],
+        "pretrain_manifest": [paths.MANIFEST.format(dataset=d) for d, _ in units],
+        "pretrain_split": [split(d, c) for d, c in units],
+        "pretrain_features": [
+            paths.FEATURES.format(dataset=d, category=c, feature_set=feature_set)
+            for d, c in units
+        ],
+    }
 
 
 def run_inputs(wildcards):
@@ -115,4 +151,5 @@ def run_inputs(wildcards):
         "method_config": f"config/methods/{experiment['method']}.yaml",
         "upstream": upstream_models(wildcards),
         "features": feature_files(wildcards),
+        **pretrain_inputs(wildcards),
     }

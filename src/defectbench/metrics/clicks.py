@@ -79,11 +79,12 @@ class ClickModel(abc.ABC):
 
 
 class Clicker:
-    """RITM's evaluation clicker for one ground-truth mask; `tie_break` 'first' (RITM) or 'random' (ADClick)."""
+    """RITM's clicker for one ground-truth mask. `tie_break`: 'first' arg-max (RITM evaluation), 'random' arg-max
+    (ADClick evaluation), or 'inner': a random pixel deeper than half the maximum (RITM/SimpleClick training)."""
 
     def __init__(self, gt: np.ndarray, tie_break: str = "first", seed: int = 0):
-        if tie_break not in ("first", "random"):
-            raise ValueError(f"tie_break must be 'first' or 'random', got {tie_break!r}")
+        if tie_break not in ("first", "random", "inner"):
+            raise ValueError(f"tie_break must be 'first', 'random' or 'inner', got {tie_break!r}")
         self.gt = np.asarray(gt).astype(bool)
         self.not_clicked = np.ones_like(self.gt)
         self.clicks: list[Click] = []
@@ -102,7 +103,7 @@ class Clicker:
             return None
         positive = bool(fn_max > fp_max)
         dt, top = (fn_dt, fn_max) if positive else (fp_dt, fp_max)
-        candidates = np.flatnonzero(dt.ravel() == top)
+        candidates = np.flatnonzero(dt.ravel() > top / 2 if self.tie_break == "inner" else dt.ravel() == top)
         index = candidates[0] if self.tie_break == "first" else self.rng.choice(candidates)
         y, x = np.unravel_index(int(index), dt.shape)
         click = Click(int(y), int(x), positive)
