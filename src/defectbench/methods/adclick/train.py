@@ -22,12 +22,23 @@ WordFeatures = Mapping[str, tuple[torch.Tensor, torch.Tensor]]  # defect type ->
 
 @dataclass(frozen=True)
 class ClickItem:
-    """One image for the click model: its residual tensor (C, h, w), defect mask (H, W) and defect type
-    (None: no prompt, e.g. a synthetic anomaly)."""
+    """One image for the click model: its residual tensor (C, h, w), defect mask (H, W) the clicks are simulated
+    on, defect type (None: no prompt, e.g. a synthetic anomaly) and, for pseudo labels, the soft label map (H, W)
+    that `tri_valued` turns into the loss's targets (None: the mask is the target)."""
 
     residual: torch.Tensor
     mask: np.ndarray
     defect: str | None
+    soft: np.ndarray | None = None
+
+
+def tri_valued(soft: np.ndarray, band: tuple[float, float], abandon: float) -> np.ndarray:
+    """ADClick-Seg's label map (Eq. 9): 1 above the confident band, 0 below it, -1 (no loss) inside; the band
+    widens by `abandon` (drawn anew every step: random label abandon)."""
+    labels = np.full(soft.shape, -1.0, np.float32)
+    labels[soft >= band[1] + abandon] = 1.0
+    labels[soft <= band[0] - abandon] = 0.0
+    return labels
 
 
 def empty_prompt(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,8 +156,12 @@ def _train_step(
     shape = batch[0].mask.shape
     clickers = [Clicker(item.mask, "inner", int(rng.integers(2**31))) for item in batch]
     previous = np.zeros((len(batch), *shape), np.float32)
-    for clicker in clickers:
-        clicker.next_click(np.zeros(shape, bool))
+    clicked = rng.random(len(batch)) < float(
+        params.get("click_probability", 1.0)
+    )  # ADClick-Seg: some get none
+    for clicker, first in zip(clickers, clicked, strict=True):
+        if first:
+            clicker.next_click(np.zeros(shape, bool))
     residual = torch.stack([item.residual for item in batch]).to(device)
     prompt, prompt_mask = _prompt_batch(batch, words, dim, rng)
     prompt = prompt.to(device) if prompt is not None else None
@@ -163,9 +178,15 @@ def _train_step(
             net.eval()
             previous = torch.sigmoid(forward())[:, 0].cpu().numpy()
             net.train()
-        for clicker, probs in zip(clickers, previous, strict=True):
-            clicker.next_click(probs > THRESHOLD)
-    labels = torch.from_numpy(np.stack([item.mask for item in batch]).astype(np.float32))[:, None].to(device)
+        for clicker, probs, more in zip(clickers, previous, clicked, strict=True):
+            if more:
+                clicker.next_click(probs > THRESHOLD)
+    abandon = float(rng.uniform(0, float(params.get("abandon", 0.0))))
+    targets = [
+        item.mask.astype(np.float32) if item.soft is None else tri_valued(item.soft, params["band"], abandon)
+        for item in batch
+    ]
+    labels = torch.from_numpy(np.stack(targets))[:, None].to(device)
     loss = normalized_focal_loss(
         forward(), labels, float(params["focal_alpha"]), float(params["focal_gamma"])
     )
