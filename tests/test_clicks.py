@@ -125,3 +125,30 @@ def test_a_model_returning_another_size_is_refused() -> None:
     model = FixedModel([np.zeros((5, 5))])
     with pytest.raises(ValueError, match="returned a"):
         model(None, [Click(1, 1, True)], np.zeros((10, 10)))
+
+
+def test_click_curves_survive_predictions_npz_and_give_the_same_metrics(tmp_path) -> None:
+    from defectbench.metrics.clicks import metrics_from_predictions
+    from defectbench.predictions import Predictions
+
+    gt = square((20, 20), 0, 0, 10)
+    grow = [square((20, 20), 0, 0, 10) & (np.arange(20)[:, None] < rows) for rows in (3, 5, 9, 10)]
+    runs = [
+        click_loop(FixedModel(grow), None, gt, max_clicks=6, keep=(3, 5)),
+        click_loop(FixedModel(grow), None, gt * 0),
+    ]
+    runs[1] = click_loop(FixedModel(grow), None, np.zeros_like(gt), max_clicks=6, keep=(3, 5))
+    ious = np.stack([r.ious for r in runs])
+    maps = {k: np.stack([r.maps.get(k, np.zeros(gt.shape)) for r in runs]) for k in (3, 5)}
+    Predictions(["a", "b"], [1, 0], maps[5], ious, maps).save(tmp_path / "p.npz")
+    loaded = Predictions.load(tmp_path / "p.npz")
+    masks = np.stack([gt, np.zeros_like(gt)])
+    names = ["noc85", "noc90", "miou_c1", "p_ap_c3", "miou_c5"]
+    values = metrics_from_predictions(loaded.click_ious, loaded.click_maps, masks, names)
+    expected = click_metrics(runs, masks, label_clicks=(3, 5), miou_clicks=(1,), max_clicks=6)
+    assert values == pytest.approx({n: expected[n] for n in names})
+    assert values["noc85"] == 3 and values["miou_c1"] == pytest.approx(0.3)  # the empty image is left out
+    with pytest.raises(ValueError, match="maps after those clicks"):
+        metrics_from_predictions(loaded.click_ious, loaded.click_maps, masks, ["p_ap_c4"])
+    with pytest.raises(ValueError, match="disagree in length"):
+        Predictions(["a", "b"], [1, 0], maps[5], ious[:1], maps)
