@@ -56,7 +56,7 @@ class ADClick(InteractiveMethod):
         self.net = self._network(items[0].residual.shape[0], int(self.features.settings["stride"]))
         return fit_click_net(
             self.net, items, self.words, self._train_params(), self.seed, self.device,
-            self.workdir / "checkpoint.pt" if self.workdir else None,
+            self.checkpoint_path,
         )  # fmt: skip
 
     @staticmethod

@@ -52,7 +52,9 @@ class ADClickSeg(ADClick):
                     self.device, self.workdir / "pretrain.pt" if self.workdir else None, "adclick-seg pretrain")]  # fmt: skip
         self.net.train()
         log += [{**row, "phase": 1} for row in fit_click_net(self.net, items, self.words, params, self.seed + 1,
-                self.device, self.workdir / "checkpoint.pt" if self.workdir else None, "adclick-seg")]  # fmt: skip
+                self.device, self.checkpoint_path, "adclick-seg")]  # fmt: skip
+        if self.workdir is not None:  # the pre-training checkpoint (the runner removes checkpoint_path)
+            (self.workdir / "pretrain.pt").unlink(missing_ok=True)
         return log
 
     def _pseudo_items(self, unit: tuple[str, str], train: list[Sample]) -> list[ClickItem]:
