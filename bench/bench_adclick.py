@@ -1,7 +1,7 @@
 """Time per click (one model forward after the image is prepared) of the click models of ADClick Table 1 at their
 input sizes, and the shared residual stage's time per image (as recorded in a residual file).
 
-    .venv/bin/python bench/bench_adclick.py [--device cuda] [--repeats 3] [--scale paper|demo]
+    .venv/bin/python bench/bench_adclick.py [--device cuda] [--repeats 3] [--scale paper|demo] [--threads 1]
         [--features results/features/mvtec_ad/carpet/adclick/residuals.npz]
 
 Random weights (timing only). SimpleClick and GPCIS are not implemented yet (see the adclick branch report).
@@ -100,8 +100,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scale", choices=["paper", "demo"], default="paper")
     parser.add_argument("--features", help="a residual file of the shared stage: report its time per image")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (more oversubscribe 2 cores)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
         f"{'model':<22} {'prepare/image (s)':>18} {'per click (s)':>14}   device {device}, scale {args.scale}"
