@@ -52,6 +52,7 @@ bench: $(INSTALL)
 	$(PY) bench/bench_segdec.py --device $(DEVICE) $(BENCH_SEGDEC_ARGS)
 	$(PY) bench/bench_rflris.py --device $(DEVICE)
 	$(PY) bench/bench_weakrest.py --device $(DEVICE)
+	$(PY) bench/bench_adclick.py --device $(DEVICE)
 
 # The CUDA build of faiss (the `gpu` extra) in place of faiss-cpu; `make install` after a lock change restores faiss-cpu.
 install-gpu: install

@@ -100,6 +100,23 @@ def _schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
+def pretrain_units(
+    params: Mapping[str, Any], dataset: str, category: str, config: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """The (dataset, category) units whose labelled defects a method pre-trains on before its own unit: params
+    `pretrain_on: {dataset: <name> | null = the run's own}`, every configured category of it but the run's own
+    (ADClick's leave-one-category-out training)."""
+    spec = params.get("pretrain_on")
+    if not spec:
+        return []
+    source = spec.get("dataset") or dataset
+    if source not in config["datasets"]:
+        raise ValueError(f"pretrain_on names dataset {source!r}, which the config does not configure")
+    return [
+        (source, c) for c in config["datasets"][source]["categories"] if (source, c) != (dataset, category)
+    ]
+
+
 def _check_schema(path: Path, experiments: Mapping[str, Any]) -> None:
     """Every experiment of one file (defaults merged) against experiments.schema.yaml, all errors at once."""
     errors = sorted(

@@ -56,12 +56,15 @@ def _run_inputs(smk: Any) -> Any:
 
     upstream = list(smk.input.upstream)
     features = list(smk.input.features)
+    named = ("pretrain_ready", "pretrain_manifest", "pretrain_split", "pretrain_features")
+    pretrain = [list(getattr(smk.input, name, [])) for name in named]
     return RunInputs(
         Path(smk.input.dataset),
         Path(smk.input.manifest),
         Path(smk.input.split),
         Path(upstream[0]) if upstream else None,
         Path(features[0]) if features else None,
+        tuple(tuple(Path(p) for p in unit) for unit in zip(*pretrain, strict=True)),
     )
 
 

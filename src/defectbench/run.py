@@ -16,7 +16,7 @@ import pandas as pd
 from defectbench.data.images import DataError
 from defectbench.data.locations import is_synthetic, ready_root
 from defectbench.data.samples import Sample, load_samples
-from defectbench.experiments import CONFIG_DIR, load_experiments, method_params, run_settings
+from defectbench.experiments import CONFIG_DIR, load_experiments, method_params, pretrain_units, run_settings
 from defectbench.io import write_csv, write_json, write_torch
 from defectbench.plan import Run
 from defectbench.predictions import Predictions
@@ -37,6 +37,8 @@ class RunInputs:
     features: Path | None = (
         None  # the shared residual file of the method's `feature_set` (defectbench.features)
     )
+    # per unit of `pretrain_on` (experiments.pretrain_units order): dataset marker, manifest, split, residual file
+    pretrain: tuple[tuple[Path, Path, Path, Path], ...] = ()
 
 
 class RunContext:
@@ -102,6 +104,27 @@ def _load_method(name: str, params: Mapping[str, Any], model: Path, seed: int, d
     return method
 
 
+def _pretrain_units(context: RunContext, feature_set: str) -> list[tuple[list[Sample], Any]]:
+    """(every image, opened residual file) of each unit the method pre-trains on, from the declared files."""
+    from defectbench.features.stage import run_features
+
+    units = pretrain_units(context.params, context.run.dataset, context.run.category, context.config)
+    if len(units) != len(context.inputs.pretrain):
+        raise ValueError(
+            f"{context.run.experiment} pre-trains on {units} but {len(context.inputs.pretrain)} were given"
+        )
+    pretrain = []
+    for (dataset, category), (ready, manifest, split, features) in zip(
+        units, context.inputs.pretrain, strict=True
+    ):
+        subsets = load_samples(manifest, split, ready_root(dataset, ready), category)
+        samples = [sample for subset in subsets.values() for sample in subset]
+        pretrain.append(
+            (samples, run_features(features, dataset, category, feature_set, context.config["scale"]))
+        )
+    return pretrain
+
+
 def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> Any:
     """The run's method with its upstream attached: freshly built to fit (fit=True) or loaded from `model`."""
     from defectbench.methods.base import build
@@ -121,6 +144,8 @@ def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> 
             )
         method.features = run_features(context.inputs.features, run.dataset, run.category, feature_set,
                                        context.config["scale"])  # fmt: skip
+    if fit and context.inputs.pretrain:
+        method.pretrain = _pretrain_units(context, feature_set)
     if context.experiment.get("upstream"):
         if context.inputs.upstream_model is None:
             raise ValueError(f"{run.experiment} has an upstream experiment but no upstream model was given")
@@ -225,6 +250,8 @@ def evaluate(
     """Metrics of the predictions against the ground truth; writes metrics.json (docs/DESIGN.md contract)."""
     from defectbench.metrics import DEFAULT_METRICS, needs_masks, scale_boxes, threshold_rule
     from defectbench.metrics import evaluate as compute_metrics
+    from defectbench.metrics.clicks import is_click_metric
+    from defectbench.metrics.clicks import metrics_from_predictions as click_metrics
 
     context = RunContext(run, config, inputs)
     samples = context.eval_samples()
@@ -233,9 +260,12 @@ def evaluate(
         raise DataError(f"{predictions} does not match the split's images; re-run predict")
     experiment = context.experiment
     names = experiment.get("metrics", list(DEFAULT_METRICS))
+    click_names = [name for name in names if is_click_metric(name)]  # measured by the click protocol
+    names = [name for name in names if name not in click_names]
     f1_level = experiment.get("f1_level", "image")
     size = predicted.maps.shape[1:]
-    masks = np.stack([sample.read_mask(size) for sample in samples]) if needs_masks(names, f1_level) else None
+    with_masks = needs_masks(names, f1_level) or bool(click_names)
+    masks = np.stack([sample.read_mask(size) for sample in samples]) if with_masks else None
     boxes = [scale_boxes(s.boxes, (s.height, s.width), size) for s in samples] if "box_ap" in names else None
     labels = np.array([sample.label for sample in samples])
     started = time.perf_counter()
@@ -250,6 +280,10 @@ def evaluate(
         threshold=threshold_rule(experiment.get("threshold", "otsu")),
         f1_level=f1_level,
     )
+    if click_names:
+        if predicted.click_ious is None:
+            raise DataError(f"{predictions} holds no click curves: {context.method} is not a click model")
+        values |= click_metrics(predicted.click_ious, predicted.click_maps, masks, click_names)
     trained, predicted_time = read_timing(train_time), read_timing(predict_time)
     if "latency_ms" in names:
         if "latency_ms" not in predicted_time:

@@ -11,11 +11,12 @@ from defectbench.data.locations import dataset_dir, is_synthetic
 from defectbench.experiments import (
     is_split_count,
     load_experiments,
+    method_params,
+    pretrain_units,
     run_settings,
     settings_key,
 )
 from defectbench.methods.weights import required_weights, weights_files
-from defectbench.experiments import method_params
 from defectbench.features.settings import feature_set_names, feature_settings
 from defectbench.plan import planned_runs
 from defectbench.tables import figure_names
@@ -120,15 +121,20 @@ def feature_split(wildcards):
     return paths.SPLIT.format(dataset=wildcards.dataset, protocol=protocol)
 
 
-def feature_files(wildcards):
-    """The shared residual file the run's method reads (its `feature_set` hyper-parameter), if any."""
+def run_params(wildcards):
+    """The run's resolved hyper-parameters (config/methods/<method>.yaml with the experiment's overrides)."""
     experiment = EXPERIMENTS[wildcards.experiment]
-    params = method_params(
+    return method_params(
         experiment["method"],
         wildcards.dataset,
         config["scale"],
         experiment.get("params"),
     )
+
+
+def feature_files(wildcards):
+    """The shared residual file the run's method reads (its `feature_set` hyper-parameter), if any."""
+    params = run_params(wildcards)
     if not params.get("feature_set"):
         return []
     return [
@@ -138,6 +144,32 @@ def feature_files(wildcards):
             feature_set=params["feature_set"],
         )
     ]
+
+
+def pretrain_inputs(wildcards):
+    """Per unit the method pre-trains on (`pretrain_on`, in defectbench.experiments.pretrain_units order): its
+    dataset marker, manifest, feature-set split and residual file."""
+    params = run_params(wildcards)
+    units = pretrain_units(params, wildcards.dataset, wildcards.category, config)
+    if not units or not params.get("feature_set"):
+        return {}
+    feature_set = params["feature_set"]
+
+    def split(dataset, category):
+        protocol = feature_settings(feature_set, dataset, category, config["scale"])[
+            "protocol"
+        ]
+        return paths.SPLIT.format(dataset=dataset, protocol=protocol)
+
+    return {
+        "pretrain_ready": [paths.DATASET_READY.format(dataset=d) for d, _ in units],
+        "pretrain_manifest": [paths.MANIFEST.format(dataset=d) for d, _ in units],
+        "pretrain_split": [split(d, c) for d, c in units],
+        "pretrain_features": [
+            paths.FEATURES.format(dataset=d, category=c, feature_set=feature_set)
+            for d, c in units
+        ],
+    }
 
 
 def run_inputs(wildcards):
@@ -151,4 +183,5 @@ def run_inputs(wildcards):
         "upstream": upstream_models(wildcards),
         "weights": run_weights(wildcards),
         "features": feature_files(wildcards),
+        **pretrain_inputs(wildcards),
     }

@@ -25,6 +25,8 @@ class Method(abc.ABC):
     features: Any = (
         None  # the shared residual file (ResidualFile) of the `feature_set` param, set by the runner
     )
+    # (samples, ResidualFile) of each unit a `pretrain_on` method trains on before its own, set by the runner
+    pretrain: list[tuple[list[Sample], Any]] = []  # noqa: RUF012 (replaced, never mutated)
 
     def __init__(
         self, params: Mapping[str, Any], device: torch.device, seed: int, workdir: Path | None = None

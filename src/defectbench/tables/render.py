@@ -91,7 +91,7 @@ class PublishedIndex:
             return None
         key = (
             keys["published_table"], keys["dataset"], category, str(keys.get("method", "")),
-            str(keys.get("setting", "")), keys["metric"],
+            str(keys.get("setting", "")), keys.get("published_metric", keys["metric"]),
         )  # fmt: skip
         return self._values.get(key)
 

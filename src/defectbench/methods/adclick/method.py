@@ -1,0 +1,149 @@
+"""ADClick as a workflow method: pre-trained on the labelled defects of the other units (leave-one-category-out),
+then evaluated on its own unit's defective test images with the click protocol (Table 1, Sec. 4.2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from defectbench.data.images import DataError
+from defectbench.data.samples import Sample
+from defectbench.methods.adclick.language import LanguageEncoder, PromptBook, prompt_features
+from defectbench.methods.adclick.model import ADClickNet
+from defectbench.methods.adclick.train import ADClickClickModel, ClickItem, fit_click_net
+from defectbench.methods.base import register
+from defectbench.methods.interactive import InteractiveMethod
+from defectbench.metrics.clicks import ClickModel
+
+
+def residual_input(residual: np.ndarray) -> torch.Tensor:
+    """The network input of one (h, w, d) signed residual: its square (notes: 'squared'), channels first."""
+    return torch.from_numpy(np.square(residual, dtype=np.float32)).permute(2, 0, 1).contiguous()
+
+
+@register("adclick")
+class ADClick(InteractiveMethod):
+    """Residual Swin click model with language prompts; `pretrain_on` selects the units it learns from."""
+
+    required_params = (
+        *InteractiveMethod.required_params,
+        "feature_set", "dim", "depth", "heads", "window", "click_radius", "mlp_head", "language", "lr",
+        "weight_decay", "ema_decay", "epochs", "samples_per_epoch", "batch_size", "max_next_clicks",
+        "max_clicks_train", "focal_alpha", "focal_gamma",
+    )  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.net: ADClickNet | None = None
+        self.words: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # -- training -------------------------------------------------------------------------------------------
+    def fit(self, train: list[Sample], val: list[Sample] | None = None) -> list[dict[str, float]]:
+        if self.features is None:
+            raise RuntimeError("ADClick reads the shared residual stage: the runner sets `features`")
+        units = [(self._unit(file), samples, file) for samples, file in self.pretrain]
+        self.words = self._language(
+            [(unit, samples) for unit, samples, _ in units] + [(self._unit(self.features), [])]
+        )
+        items = [item for unit, samples, file in units for item in self._items(unit, samples, file)]
+        if not items:
+            raise DataError(
+                "ADClick found no defective image with a mask in the units it pre-trains on (pretrain_on); "
+                "configure more categories of that dataset"
+            )
+        self.net = self._network(items[0].residual.shape[0], int(self.features.settings["stride"]))
+        return fit_click_net(
+            self.net, items, self.words, self._train_params(), self.seed, self.device,
+            self.checkpoint_path,
+        )  # fmt: skip
+
+    @staticmethod
+    def _unit(file: Any) -> tuple[str, str]:
+        """(dataset, category) of a residual file (recorded in its settings)."""
+        return file.settings["dataset"], file.settings["category"]
+
+    def _items(self, unit: tuple[str, str], samples: list[Sample], file: Any) -> list[ClickItem]:
+        """Click items of the defective images with a mask, masks at the residual's input size."""
+        chosen = [s for s in samples if s.label == 1 and s.mask_ref]
+        if not chosen:
+            return []
+        residuals = file.get([s.image_id for s in chosen])
+        stride = int(file.settings["stride"])
+        size = (residuals.shape[1] * stride, residuals.shape[2] * stride)
+        items = [
+            ClickItem(residual_input(r), s.read_mask(size) > 0, self._key(unit, s.defect_type))
+            for s, r in zip(chosen, residuals, strict=True)
+        ]
+        return [item for item in items if item.mask.any()]
+
+    def _key(self, unit: tuple[str, str], defect_type: str) -> str | None:
+        """Prompts are per (dataset, category, defect type): the key the word features are stored under."""
+        return "/".join((*unit, defect_type)) if self.params["language"] else None
+
+    def _language(
+        self, units: list[tuple[tuple[str, str], list[Sample]]]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """Word features of every defect type of the units (those met in their images, and every type the
+        prompt file lists for them), computed once and saved in model.pt. A met type without prompts is an error."""
+        if not self.params["language"]:
+            return None
+        spec = self.params["language"]
+        book = PromptBook.load(spec["prompts"])
+        encoder = LanguageEncoder(book, spec["bert"], spec["pretrained"], spec["weights"], self.seed)
+        self.params["lang_dim"] = encoder.dim
+        words = {}
+        for (dataset, category), samples in units:
+            met = {s.defect_type for s in samples if s.label == 1 and s.mask_ref}
+            types = sorted(met | set(book.defect_types(dataset, category)))
+            features = prompt_features(encoder, book, dataset, category, types, spec["max_words"])
+            words |= {self._key((dataset, category), d): f for d, f in features.items()}
+        return words
+
+    def _network(self, channels: int, stride: int) -> ADClickNet:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return ADClickNet(
+                channels, self.params["dim"], self.params["depth"], self.params["heads"], self.params["window"],
+                stride, self.params.get("lang_dim") if self.params["language"] else None,
+                self.params["mlp_head"],
+            )  # fmt: skip
+
+    def _train_params(self) -> dict[str, Any]:
+        return {**self.params, "lang_dim": self.params.get("lang_dim", 0)}
+
+    # -- the click model ------------------------------------------------------------------------------------
+    def click_model(self) -> ClickModel:
+        if self.net is None:
+            raise RuntimeError("ADClick is not fitted")
+        dim = int(self.params.get("lang_dim", 0))
+        return ADClickClickModel(self.net, self.device, self.words, int(self.params["click_radius"]), dim)
+
+    def image_input(self, sample: Sample, eval_size: tuple[int, int]) -> ClickItem:
+        residual = residual_input(self.features.get([sample.image_id])[0])
+        key = self._key(self._unit(self.features), sample.defect_type)
+        if key is not None and key not in self.words:
+            raise DataError(
+                f"no prompt for defect type {sample.defect_type!r} of {'/'.join(self._unit(self.features))} in "
+                f"{self.params['language']['prompts']}; add it there (or set language: false) and re-train"
+            )
+        return ClickItem(residual, sample.read_mask(eval_size) > 0, key)
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.net is None:
+            raise RuntimeError("ADClick is not fitted")
+        return {
+            "net": self.net.state_dict(),
+            "channels": self.net.residual_embed.in_channels,
+            "stride": self.net.stride,
+            "lang_dim": self.params.get("lang_dim", 0),
+            "words": self.words,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.params["lang_dim"] = state["lang_dim"]
+        self.words = state["words"]
+        self.net = self._network(state["channels"], state["stride"])
+        self.net.load_state_dict(state["net"])
