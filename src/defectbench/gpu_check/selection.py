@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from defectbench.experiments import CONFIG_DIR, load_experiments
+from defectbench.experiments import CONFIG_DIR, is_split_count, load_experiments
 from defectbench.plan import Run, planned_runs, selected
 
 
@@ -64,8 +64,12 @@ def smoke_runs(
     experiments = load_experiments(config_dir)
     seed = config["seeds"][0]
     patterns = list(patterns)
-    candidates = [
-        r for r in planned_runs(config, config_dir) if r.seed == seed and selected(r.experiment, patterns, ())
+    candidates = [  # split-count experiments train nothing: no GPU path to check
+        r
+        for r in planned_runs(config, config_dir)
+        if r.seed == seed
+        and selected(r.experiment, patterns, ())
+        and not is_split_count(experiments[r.experiment])
     ]
     found = {run: features(experiments[run.experiment]) for run in candidates}
     uncovered = set().union(*found.values()) if found else set()
@@ -91,6 +95,8 @@ def memory_cases(
     for name, spec in sorted(
         experiments.items(), key=lambda item: (len(item[1].get("params") or {}), item[0])
     ):
+        if is_split_count(spec):
+            continue
         method = spec["method"]
         if wanted is not None and method not in wanted:
             continue
