@@ -8,7 +8,6 @@ no checksum is published), exactly as dataset archives do; jobs only read the lo
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
@@ -92,7 +91,7 @@ def _file_of(relative: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
 def fetch_weights_file(relative: str, dest: Path) -> Path:
     """Download one registry file to `dest` and verify it (size, sha256 or the recorded first download, and the
     sha256 prefix the publisher put into the file name); a manual entry must already be placed there."""
-    from defectbench.data.download import fetch, verify_file
+    from defectbench.data.download import fetch, record_first_use, verify_file
 
     name, entry, item = _file_of(relative)
     dest = Path(dest)
@@ -110,11 +109,12 @@ def fetch_weights_file(relative: str, dest: Path) -> Path:
     if prefix and not sha256.startswith(prefix):
         aside = dest.with_name(dest.name + ".sha256-mismatch")
         os.replace(dest, aside)
-        _forget_record(dest)
         raise DataError(
             f"{dest} failed verification: sha256 {sha256} does not start with {prefix}, the prefix its publisher "
             f"put into the file name ({item['url']}). The bad file was moved to {aside}; download it again"
         )
+    if item["sha256"] is None:  # weights are not extracted: recorded once every check we have passed
+        record_first_use(dest, dest.stat().st_size, sha256, dest.stat().st_mtime_ns)
     return dest
 
 
@@ -130,18 +130,6 @@ def verify_weights(name: str, weights_dir: Path | None = None) -> Path:
             )
         fetch_weights_file(relative, path)
     return weights_path(name, weights_dir)
-
-
-def _forget_record(path: Path) -> None:
-    """Drop the trust-on-first-use record made from a file that then failed its prefix check."""
-    from defectbench.data.download import LOCK_FILE_NAME
-    from defectbench.io import write_json
-
-    lock = path.parent / LOCK_FILE_NAME
-    if lock.exists():
-        records = json.loads(lock.read_text())
-        records.pop(path.name, None)
-        write_json(lock, records)
 
 
 @lru_cache(maxsize=1)
