@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerFast
 
 from defectbench.data.images import DataError
-from defectbench.methods.backbones import weights_path
+from defectbench.methods.weights import verify_weights
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
@@ -97,30 +97,19 @@ class LanguageEncoder:
     """Frozen BERT (ADClick fine-tunes only the pixel-word attention): sentences -> word features and masks."""
 
     def __init__(self, book: PromptBook, bert: dict[str, Any], pretrained: bool, weights: str, seed: int):
-        if pretrained:
-            state_path = weights_path(weights)
-            vocab = state_path.with_suffix(".vocab.txt")
-            for path in (state_path, vocab):
-                if not path.exists():
-                    raise DataError(
-                        f"BERT-base weights need {state_path} (BertModel state dict) and {vocab} (its vocab.txt); "
-                        "place them there or set language.pretrained: false"
-                    )
+        if pretrained:  # the registry's directory (config, weights, vocab), verified; never a hub
+            directory = verify_weights(weights)
             self.tokenizer: PreTrainedTokenizerFast = BertTokenizerFast(
-                vocab_file=str(vocab), do_lower_case=True
+                vocab_file=str(directory / "vocab.txt"), do_lower_case=True
             )
-            config = BertConfig(**bert)
+            self.model = BertModel.from_pretrained(directory, add_pooling_layer=False, local_files_only=True)
+            config = self.model.config
         else:
             self.tokenizer = word_level_tokenizer(book.all_sentences())
             config = BertConfig(**{**bert, "vocab_size": len(self.tokenizer)})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.model = BertModel(config, add_pooling_layer=False)
-        if pretrained:
-            state = torch.load(weights_path(weights), map_location="cpu", weights_only=True)
-            missing, _unexpected = self.model.load_state_dict(state, strict=False)
-            if missing:
-                raise DataError(f"{weights_path(weights)} does not match BERT: missing {missing[:5]}")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.model = BertModel(config, add_pooling_layer=False)
         self.model.eval().requires_grad_(False)
         self.dim = config.hidden_size
 
