@@ -64,6 +64,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REPO / "workflow", work / "workflow")
     shutil.copytree(REPO / "config", work / "config")
     shutil.copytree(REPO / "envs", work / "envs")
+    shutil.copytree(
+        REPO / "profiles" / "slurm", work / "profiles" / "slurm"
+    )  # not `default`: the tests' flags rule
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["experiments"] = EXPERIMENTS
     config["datasets"]["mvtec_ad"]["categories"] = ["carpet"]
@@ -181,7 +184,9 @@ def sha256s(root: Path) -> dict[str, str]:
     return {
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and "logs" not in path.parts
+        if path.is_file()
+        and "logs" not in path.parts
+        and path.name != ".lock"  # the per-run lock: not a product
     }
 
 
