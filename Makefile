@@ -43,6 +43,8 @@ INSTALL := $(if $(filter command line,$(origin PY)),,install)
 DEVICE ?= cpu
 BENCH_METRICS_ARGS ?=
 BENCH_SEGDEC_ARGS ?=
+# The new papers' benchmarks at their input sizes (minutes each on a CPU); `BENCH_PAPERS=` skips them.
+BENCH_PAPERS ?= rflris weakrest adclick
 # The newest CUDA build of faiss on PyPI (faiss-cpu is pinned at 1.15.1 in envs/requirements.lock).
 FAISS_GPU := faiss-gpu-cu12==1.14.1.post1
 
@@ -50,9 +52,7 @@ FAISS_GPU := faiss-gpu-cu12==1.14.1.post1
 bench: $(INSTALL)
 	$(PY) bench/bench_metrics.py $(BENCH_METRICS_ARGS)
 	$(PY) bench/bench_segdec.py --device $(DEVICE) $(BENCH_SEGDEC_ARGS)
-	$(PY) bench/bench_rflris.py --device $(DEVICE)
-	$(PY) bench/bench_weakrest.py --device $(DEVICE)
-	$(PY) bench/bench_adclick.py --device $(DEVICE)
+	for paper in $(BENCH_PAPERS); do $(PY) bench/bench_$$paper.py --device $(DEVICE) || exit 1; done
 
 # The CUDA build of faiss (the `gpu` extra) in place of faiss-cpu; `make install` after a lock change restores faiss-cpu.
 install-gpu: install

@@ -28,7 +28,8 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs")
 # On CPU the benchmarks run on tiny inputs (a smoke test); on the GPU SegDecNet at the paper's size (the default).
 BENCH_ARGS = {
     "cpu": {"BENCH_METRICS_ARGS": "--images 8 --size 64 --reference-thresholds 1",
-            "BENCH_SEGDEC_ARGS": "--size 128 128 --channels 1 --volume-channels 8 --steps 1"},
+            "BENCH_SEGDEC_ARGS": "--size 128 128 --channels 1 --volume-channels 8 --steps 1",
+            "BENCH_PAPERS": ""},  # the paper-size benchmarks of the residual methods take minutes on a CPU
     "cuda": {"BENCH_METRICS_ARGS": "--images 50", "BENCH_SEGDEC_ARGS": ""},  # metrics: numpy, on the CPU anyway
 }  # fmt: skip
 
