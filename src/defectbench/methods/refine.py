@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from defectbench.data.samples import Sample
+from defectbench.predictions import Predictions
 
 PAR_DILATIONS = (1, 2, 4, 8, 12, 24)  # WeCLIP and SeCo
 PAR_IMAGE_WEIGHT = 0.3  # scale of the colour distance in units of the local colour spread
@@ -84,3 +87,35 @@ def dense_crf(
         compat=bilateral[2],
     )
     return np.asarray(crf.inference(iterations), dtype=np.float32).reshape(n_classes, height, width)
+
+
+def crf_refined_predictions(
+    samples: Sequence[Sample],
+    size: tuple[int, int],
+    defect_probability: Callable[[torch.Tensor], torch.Tensor],
+    crf: dict,
+    device: torch.device,
+    eval_size: tuple[int, int],
+    batch: int = 8,
+) -> Predictions:
+    """WeCLIP's and SeCo's inference: defect probability at `size` (score = its maximum), DenseCRF-refined map
+    resized to `eval_size`."""
+    from defectbench.methods.image_level import resize_maps, to_tensor
+
+    scores, maps = [], []
+    for start in range(0, len(samples), batch):
+        raw = [s.read_image(size) for s in samples[start : start + batch]]
+        probability = defect_probability(to_tensor(raw, device)).cpu()
+        scores.append(probability.flatten(1).amax(dim=1))
+        refined = [
+            dense_crf(
+                image,
+                np.stack([1 - q, q]),
+                crf["iterations"],
+                tuple(crf["gaussian"]),
+                tuple(crf["bilateral"]),
+            )[1]
+            for image, q in zip(raw, probability.numpy(), strict=True)
+        ]
+        maps.append(resize_maps(torch.from_numpy(np.stack(refined)), eval_size))
+    return Predictions([s.image_id for s in samples], torch.cat(scores).numpy(), torch.cat(maps).numpy())

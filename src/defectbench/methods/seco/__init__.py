@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +22,7 @@ from defectbench.methods.image_level import (
     to_tensor,
     warmup_poly,
 )
-from defectbench.methods.refine import dense_crf, par
+from defectbench.methods.refine import crf_refined_predictions, par
 from defectbench.methods.seco.model import (
     IGNORE,
     SeCoNet,
@@ -212,24 +211,9 @@ class SeCo(Method):
         return total / (2 * len(self.params["test_scales"]))
 
     def predict(self, samples: list[Sample], eval_size: tuple[int, int]) -> Predictions:
-        crf = self.params["crf"]
-        scores, maps = [], []
-        for start in range(0, len(samples), BATCH):
-            raw = [s.read_image(self.size) for s in samples[start : start + BATCH]]
-            probability = self.defect_probability(to_tensor(raw, self.device)).cpu()
-            scores.append(probability.flatten(1).amax(dim=1))
-            refined = [
-                dense_crf(
-                    image,
-                    np.stack([1 - q, q]),
-                    crf["iterations"],
-                    tuple(crf["gaussian"]),
-                    tuple(crf["bilateral"]),
-                )[1]
-                for image, q in zip(raw, probability.numpy(), strict=True)
-            ]
-            maps.append(resize_maps(torch.from_numpy(np.stack(refined)), eval_size))
-        return Predictions([s.image_id for s in samples], torch.cat(scores).numpy(), torch.cat(maps).numpy())
+        return crf_refined_predictions(
+            samples, self.size, self.defect_probability, self.params["crf"], self.device, eval_size, BATCH
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict()}
