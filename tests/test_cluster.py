@@ -29,8 +29,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 def project_copy(work: Path) -> Path:
     """The workflow with a config of one PatchCore category (a few minutes of jobs on two cores)."""
     work.mkdir()
-    for name in ("Snakefile", "workflow", "config", "envs"):
+    for name in ("Snakefile", "workflow", "config", "envs", "profiles"):
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
+    # Snakemake ignores a --workflow-profile folder that is not there and runs every job locally.
+    assert (work / "profiles" / "slurm" / "config.yaml").is_file()
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(papers=["weakrest"], experiments=["patchcore"], exclude_experiments=[])
     config["datasets"] = {"mvtec_ad": {**config["datasets"]["mvtec_ad"], "categories": ["carpet"]}}
@@ -41,7 +43,9 @@ def project_copy(work: Path) -> Path:
 
 def snakemake(work: Path, *args: str) -> str:
     command = [sys.executable, "-m", "snakemake", *args]
-    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        command, cwd=work, capture_output=True, text=True, timeout=2400
+    )  # a loaded machine: minutes per sbatch job
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return output

@@ -209,12 +209,11 @@ def _selected_units(config: dict[str, Any]) -> dict[str, list[str]]:
     return {name: settings["categories"] for name, settings in config["datasets"].items()}
 
 
-@rule
-def tables(smk: Any) -> None:
+def _render(smk: Any, render: Any) -> None:
+    """Tables and figures alike: one paper's spec, published and measured numbers, into the output's folder."""
     from defectbench.data.locations import any_synthetic
-    from defectbench.tables import render_paper
 
-    render_paper(
+    render(
         smk.wildcards.paper,
         smk.input.spec,
         smk.input.published,
@@ -223,22 +222,20 @@ def tables(smk: Any) -> None:
         synthetic=any_synthetic(smk.config),
         selected=_selected_units(smk.config),
     )
+
+
+@rule
+def tables(smk: Any) -> None:
+    from defectbench.tables import render_paper
+
+    _render(smk, render_paper)
 
 
 @rule
 def figures(smk: Any) -> None:
-    from defectbench.data.locations import any_synthetic
     from defectbench.tables import render_figures
 
-    render_figures(
-        smk.wildcards.paper,
-        smk.input.spec,
-        smk.input.published,
-        smk.input.metrics,
-        Path(smk.output[0]).parent,
-        synthetic=any_synthetic(smk.config),
-        selected=_selected_units(smk.config),
-    )
+    _render(smk, render_figures)
 
 
 @rule
