@@ -12,8 +12,10 @@ Settings (``config/features.yaml``, ``defectbench.features.settings``):
     or {texture, object}; resolved to a number), ``coreset_fraction``, ``coreset_projection_dims``,
     ``coreset_start_points``, ``max_bank_patches``, ``max_train_images``, ``pca_variance`` (share kept for
     matching, null = full space), ``location_radius`` (null = global matching; an int = ADClick's location-aware
-    matching within that many grid cells), ``retrieval`` {``layer``, ``downsample``, ``pca_dims``, ``window``,
-    ``keep_fraction``, ``k`` (null = all images)}, ``batch_size``, ``seed``; added: ``category_type``,
+    matching within that many grid cells), ``retrieval`` {``layer``, ``downsample``, ``pca_dims`` (null = no
+    PCA), ``window`` (null = one window: the L2-normalised global average, i.e. cosine similarity of global
+    features, RFL+RIS's RIS), ``keep_fraction``, ``k`` (null = all images)}, ``batch_size``, ``seed``; added:
+    ``category_type``,
     ``feature_set``, ``dataset``, ``category``, ``scale``.
 
 Computing (``defectbench.features.stage``, rule ``residual_features``):

@@ -148,10 +148,20 @@ class ResidualModel:
         return small.permute(0, 2, 3, 1)
 
     def _windows(self, grid_features: torch.Tensor) -> torch.Tensor:
-        """PCA-reduced retrieval features unfolded into non-overlapping windows: (B, n_windows, window²·d_r)."""
-        mean, components = self.retrieval_mean.to(grid_features), self.retrieval_components.to(grid_features)
-        reduced = (grid_features - mean) @ components.T  # (B, h', w', d_r)
+        """PCA-reduced retrieval features unfolded into non-overlapping windows: (B, n_windows, window²·d_r).
+
+        `window: null` (RFL+RIS's RIS) is one window of the L2-normalised global average: its squared distances
+        rank the images as cosine similarity of global features does."""
+        reduced = grid_features
+        if self.retrieval_components is not None:
+            mean, components = (
+                self.retrieval_mean.to(grid_features),
+                self.retrieval_components.to(grid_features),
+            )
+            reduced = (grid_features - mean) @ components.T  # (B, h', w', d_r)
         window = self.settings["retrieval"]["window"]
+        if window is None:
+            return F.normalize(reduced.mean(dim=(1, 2)), dim=-1)[:, None]
         if reduced.shape[1] < window or reduced.shape[2] < window:
             raise ValueError(
                 f"the retrieval grid {tuple(reduced.shape[1:3])} is smaller than its window {window}: lower "
@@ -199,9 +209,10 @@ class ResidualModel:
         else:  # Table VIII without "PCA": match in the full feature space
             self.bank_pca = self.bank
         grids = torch.cat(retrieval)
-        self.retrieval_mean, self.retrieval_components = fit_pca(
-            grids.reshape(-1, grids.shape[-1]), int(s["retrieval"]["pca_dims"])
-        )
+        if s["retrieval"]["pca_dims"]:
+            self.retrieval_mean, self.retrieval_components = fit_pca(
+                grids.reshape(-1, grids.shape[-1]), int(s["retrieval"]["pca_dims"])
+            )
         self.retrieval_windows = self._windows(grids)
         return {
             "train_images": count,
@@ -276,11 +287,14 @@ class ResidualModel:
             "bank": self.bank.half(),
             "bank_image": self.bank_image.int(),
             "bank_position": self.bank_position.int(),
-            "retrieval_mean": self.retrieval_mean,
-            "retrieval_components": self.retrieval_components,
             "retrieval_windows": self.retrieval_windows,
             "grid": torch.tensor(self.grid),
         }
+        if self.retrieval_components is not None:
+            arrays |= {
+                "retrieval_mean": self.retrieval_mean,
+                "retrieval_components": self.retrieval_components,
+            }
         if self.settings["pca_variance"]:
             arrays |= {"pca_mean": self.pca_mean, "pca_components": self.pca_components}
         return {name: value.cpu().numpy() for name, value in arrays.items()}
@@ -292,8 +306,11 @@ class ResidualModel:
         model.bank = torch.from_numpy(np.asarray(state["bank"])).float()
         model.bank_image = torch.from_numpy(np.asarray(state["bank_image"])).long()
         model.bank_position = torch.from_numpy(np.asarray(state["bank_position"])).long()
-        model.retrieval_mean = torch.from_numpy(np.asarray(state["retrieval_mean"])).to(device)
-        model.retrieval_components = torch.from_numpy(np.asarray(state["retrieval_components"])).to(device)
+        if "retrieval_components" in state:
+            model.retrieval_mean = torch.from_numpy(np.asarray(state["retrieval_mean"])).to(device)
+            model.retrieval_components = torch.from_numpy(np.asarray(state["retrieval_components"])).to(
+                device
+            )
         model.retrieval_windows = torch.from_numpy(np.asarray(state["retrieval_windows"]))
         model.grid = tuple(int(v) for v in state["grid"])
         if settings["pca_variance"]:
