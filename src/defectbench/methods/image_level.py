@@ -41,12 +41,15 @@ def to_tensor(images: Sequence[np.ndarray], device: torch.device) -> torch.Tenso
     return batch.to(device)
 
 
-def augmentation(params: Mapping[str, Any]) -> A.Compose:
-    """HSV colour, scaling, flipping, rotation and shifting (RFL+RIS supplement 1.2.1), through albumentations."""
+def augmentation(params: Mapping[str, Any], colour: bool = True, geometric: bool = True) -> A.Compose:
+    """HSV colour, scaling, flipping, rotation and shifting (RFL+RIS supplement 1.2.1), through albumentations;
+    `colour` / `geometric` alone for RFL, whose residuals are taken of the geometrically augmented image."""
     aug = params["augment"]
-    return A.Compose(
-        [
-            A.HueSaturationValue(aug["hue"], aug["saturation"], aug["value"], p=aug["p_hsv"]),
+    steps = (
+        [A.HueSaturationValue(aug["hue"], aug["saturation"], aug["value"], p=aug["p_hsv"])] if colour else []
+    )
+    if geometric:
+        steps += [
             A.Affine(
                 scale=tuple(aug["scale"]),
                 rotate=tuple(aug["rotate"]),
@@ -55,9 +58,8 @@ def augmentation(params: Mapping[str, Any]) -> A.Compose:
                 p=aug["p_affine"],
             ),
             A.HorizontalFlip(p=aug["p_flip"]),
-        ],
-        seed=0,
-    )
+        ]
+    return A.Compose(steps, seed=0)
 
 
 def augment_batch(transform: A.Compose, images: list[np.ndarray], seed: int) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""ResNet-FPN with P3-P5 score heads (RFL+RIS supplement 1.2.1) and the residual features of RFL."""
+"""ResNet-FPN with P3-P5 score heads (RFL+RIS supplement 1.2.1), for RFL with a learned residual-feature input."""
 
 from __future__ import annotations
 
@@ -47,21 +47,31 @@ def stage_channels(body: nn.Module) -> list[int]:
 class ScoreFPN(nn.Module):
     """ResNet-FPN; each of P3, P4, P5 → 3×3 conv → ReLU → 1×1 conv → one score logit per position.
 
-    With `residual` the head of a level sees [P_l, |R_l|], R_l the residual of P_l against its reference images
-    (RFL); without, P_l only (MIL)."""
+    With `residual_dims` > 0 (RFL) the head of a level sees [P_l, ρ(|R|)_l]: |R| the absolute residual features of
+    the shared residual stage (against the references RIS selected), ρ a learned 1×1 conv + ReLU to the FPN width,
+    resampled to the level's grid (max-pooled when coarser, so that small residual peaks survive). Without (MIL),
+    the head sees P_l only."""
 
-    def __init__(self, arch: str, pretrained: bool, seed: int, channels: int, residual: bool):
+    def __init__(self, arch: str, pretrained: bool, seed: int, channels: int, residual_dims: int = 0):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self._build(resnet_body(arch, pretrained, seed), channels, residual)
+            self._build(resnet_body(arch, pretrained, seed), channels, residual_dims)
 
-    def _build(self, body: nn.Module, channels: int, residual: bool) -> None:
-        """FPN and heads (their random initialisation seeded by the caller)."""
+    def _build(self, body: nn.Module, channels: int, residual_dims: int) -> None:
+        """FPN, residual projection and heads (their random initialisation seeded by the caller)."""
         self.fpn = BackboneWithFPN(body, dict(LEVELS), stage_channels(body), channels)
         self.fpn.fpn.extra_blocks = None  # P3-P5 only, no pooled P6
-        self.residual = residual
-        width = 2 * channels if residual else channels
+        self.residual_dims = residual_dims
+        self.residual = (
+            nn.Sequential(nn.Conv2d(residual_dims, channels, 1), nn.ReLU(inplace=True))
+            if residual_dims
+            else None
+        )
+        # per-channel RMS of |R| over the normal training images (set by fit): residuals are orders of magnitude
+        # smaller than FPN features, and unscaled the residual path would barely learn (docs/rflris.md)
+        self.register_buffer("residual_scale", torch.ones(residual_dims))
+        width = 2 * channels if residual_dims else channels
         self.heads = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(width, channels, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(channels, 1, 1)
@@ -74,29 +84,27 @@ class ScoreFPN(nn.Module):
         return list(self.fpn(imagenet_normalize(images)).values())
 
     def score_logits(
-        self, pyramid: list[torch.Tensor], references: list[torch.Tensor] | None = None
+        self, pyramid: list[torch.Tensor], residuals: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """Per-level score logits (N, 1, h_l, w_l); `references` (N, K, C, h_l, w_l) per level for RFL."""
-        if self.residual and references is None:
-            raise ValueError("RFL needs the reference images' pyramids")
+        """Per-level score logits (N, 1, h_l, w_l); `residuals` (N, d, h, w) signed residual features for RFL."""
+        learned = None
+        if self.residual is not None:
+            if residuals is None:
+                raise ValueError("RFL needs the residual features of its images")
+            learned = self.residual(residuals.abs() / self.residual_scale[:, None, None])
         logits = []
-        for level, (features, head) in enumerate(zip(pyramid, self.heads, strict=True)):
-            if self.residual:
-                features = torch.cat([features, residual(features, references[level]).abs()], dim=1)
+        for features, head in zip(pyramid, self.heads, strict=True):
+            if learned is not None:
+                features = torch.cat([features, resample(learned, tuple(features.shape[-2:]))], dim=1)
             logits.append(head(features))
         return logits
 
 
-def residual(query: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """Matched reference feature − query feature at every position (REST's residual), the match being the
-    nearest (L2) of all positions of the K reference maps. query (N, C, h, w), references (N, K, C, h, w)."""
-    n, c, h, w = query.shape
-    flat_query = query.flatten(2).transpose(1, 2)  # (N, hw, C)
-    flat_refs = references.detach().permute(0, 1, 3, 4, 2).reshape(n, -1, c)  # (N, K hw, C)
-    with torch.no_grad():
-        nearest = torch.cdist(flat_query.detach(), flat_refs).argmin(dim=2)  # (N, hw)
-    matched = torch.gather(flat_refs, 1, nearest[..., None].expand(-1, -1, c))
-    return (matched - flat_query).transpose(1, 2).reshape(n, c, h, w)
+def resample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, h, w) to `size`: max pooling where it is coarser, bilinear interpolation otherwise."""
+    if maps.shape[-2] >= size[0] and maps.shape[-1] >= size[1]:
+        return F.adaptive_max_pool2d(maps, size)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def fused_map(logits: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
