@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from defectbench.data.images import DataError
 from defectbench.data.samples import Sample
 from defectbench.data.synthetic.procedural import texture, to_uint8, vary_lighting
 from defectbench.experiments import method_params
@@ -52,6 +53,25 @@ def test_ris_picks_references_of_the_same_scene_type_first(tmp_path: Path) -> No
     assert same[:, :3].all(), same
     assert same.float().mean() >= 0.95, same
     assert not (chosen == torch.tensor(train_index)[:, None]).any()  # never itself
+
+
+def test_rfl_refuses_a_residual_file_of_another_input_size_or_none(tmp_path: Path) -> None:
+    """A residual file of 64x64 images for an RFL reading 32x32 is a DataError naming the file and both configs;
+    RFL without its residual file (outside the workflow) says what it needs."""
+    rng = np.random.default_rng(0)
+    images = [to_uint8(texture(rng, "wood", (64, 64))) for _ in range(3)]
+    train = [_saved(tmp_path, f"{i}", np.repeat(im[..., None], 3, 2) if im.ndim == 2 else im)
+             for i, im in enumerate(images)]  # fmt: skip
+    settings = feature_settings("rflris", "rdd2020", "rdd2020", "demo")
+    file = ResidualFile(
+        compute_residual_features(tmp_path / "r.npz", {"train": train}, settings, CPU, "split")
+    )
+    model = build("rflris", method_params("rflris", "rdd2020", "demo", {"input_size": [32, 32]}), CPU, seed=0)
+    with pytest.raises(ValueError, match="residual file"):
+        model.fit(train)
+    model.features = file
+    with pytest.raises(DataError, match=r"r\.npz.*64x64.*32x32.*features\.yaml"):
+        model.fit(train)
 
 
 def _box_ap(
