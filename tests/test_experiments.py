@@ -77,6 +77,17 @@ def test_planned_runs_follow_tables_config_and_upstream(config_dir: Path) -> Non
     assert planned_runs({**config, "experiments": ["toy_cls"]}, config_dir) == []
 
 
+def test_table_units_narrow_one_table_and_are_checked(config_dir: Path) -> None:
+    config = {"papers": ["toy"], "seeds": [0], "datasets": {"ksdd": {"categories": ["fold0", "fold1"]}}}
+    assert {r.category for r in planned_runs(config, config_dir)} == {"fold0", "fold1"}
+    narrowed = {**config, "table_units": {"toy/t1": {"ksdd": ["fold1"]}}}
+    assert {r.category for r in planned_runs(narrowed, config_dir)} == {"fold1"}
+    with pytest.raises(ConfigError, match=r"table_units: toy/t1: ksdd units \['fold2'\] are not among"):
+        planned_runs({**config, "table_units": {"toy/t1": {"ksdd": ["fold2"]}}}, config_dir)
+    with pytest.raises(ConfigError, match=r"table_units: 'toy/t2' names no table.*closest: toy/t1"):
+        planned_runs({**config, "table_units": {"toy/t2": {"ksdd": ["fold1"]}}}, config_dir)
+
+
 def test_duplicate_and_dangling_experiments_are_errors(config_dir: Path) -> None:
     _write(
         config_dir / "experiments" / "zz.yaml",

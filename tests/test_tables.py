@@ -250,6 +250,19 @@ def test_selected_units_limit_what_counts_as_run(inputs, tmp_path):
     assert set(empty["status"]) == {"not run", "published only"}
 
 
+def test_table_units_narrow_only_the_tables_they_name(inputs, tmp_path):
+    render(
+        inputs,
+        tmp_path,
+        selected={"mvtec_ad": ["bottle", "cable"]},
+        table_units={"t2": {"mvtec_ad": ["bottle"]}},
+    )
+    t1, t2 = (pd.read_csv(tmp_path / "segdec" / f"{t}.csv") for t in ("t1", "t2"))
+    assert cell(t1, "Ours", "I-AUROC")["n_units"] == 2  # t1 keeps both configured units
+    assert cell(t2, "Cable", "Ours")["status"] == "not run"  # cable's metrics exist; t2 runs on bottle only
+    assert cell(t2, "Bottle", "Ours")["status"] == "measured"
+
+
 def test_published_only_rows(inputs, tmp_path):
     paths = render(inputs, tmp_path)
     frame = pd.read_csv(paths["t1.csv"])

@@ -48,26 +48,54 @@ def check_patterns(config: Mapping[str, Any], names: Iterable[str]) -> None:
                 )
 
 
-def wanted_cells(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> set[tuple[str, str, str]]:
-    """(dataset, unit, experiment) of every table cell of the configured papers, before any filtering.
+def selected_units(config: Mapping[str, Any], paper: str = "", output: str = "") -> dict[str, list[str]]:
+    """dataset -> the units a table or figure counts: the dataset's configured `categories`, narrowed for one
+    output by `table_units: {<paper>/<output>: {<dataset>: [units]}}` (the demo runs analysis tables on fewer
+    units, so that all rows of such a table are measured on the same units)."""
+    units = {name: list(settings["categories"]) for name, settings in config["datasets"].items()}
+    for dataset, chosen in config.get("table_units", {}).get(f"{paper}/{output}", {}).items():
+        outside = sorted(set(chosen) - set(units.get(dataset, ())))
+        if outside:
+            raise ConfigError(
+                f"invalid config: table_units: {paper}/{output}: {dataset} units {outside} are not among "
+                f"datasets.{dataset}.categories {units.get(dataset, [])}"
+            )
+        units[dataset] = list(chosen)
+    return units
 
-    A cell naming an unknown experiment, or a dataset its experiment does not list in `datasets:`, is an error."""
-    from defectbench.tables.spec import required_cells
+
+def wanted_cells(
+    config: Mapping[str, Any], config_dir: Path = CONFIG_DIR
+) -> set[tuple[str, str, str, str, str]]:
+    """(paper, table or figure, dataset, unit, experiment) of every table cell of the configured papers, before
+    any filtering.
+
+    A cell naming an unknown experiment, or a dataset its experiment does not list in `datasets:`, is an error,
+    and so is a `table_units` entry naming no table or figure of the configured papers."""
+    from defectbench.tables.spec import cells_by_output
 
     experiments = load_experiments(config_dir)
     cells = set()
     for paper in config["papers"]:
         spec = config_dir / "tables" / f"{paper}.yaml"
-        for cell in required_cells(spec):
-            name, dataset, category = cell["experiment"], cell["dataset"], cell["category"]
-            if name not in experiments:
-                raise ValueError(f"{spec} names an unknown experiment {name!r}")
-            if dataset not in experiments[name]["datasets"]:
-                raise ValueError(
-                    f"{spec} runs experiment {name!r} on {dataset}, which its `datasets:` "
-                    f"{experiments[name]['datasets']} does not list; fix the table or the experiment"
-                )
-            cells.add((dataset, category, name))
+        for output, units in cells_by_output(spec).items():
+            for name, dataset, category in units:
+                if name not in experiments:
+                    raise ValueError(f"{spec} names an unknown experiment {name!r}")
+                if dataset not in experiments[name]["datasets"]:
+                    raise ValueError(
+                        f"{spec} runs experiment {name!r} on {dataset}, which its `datasets:` "
+                        f"{experiments[name]['datasets']} does not list; fix the table or the experiment"
+                    )
+                cells.add((paper, output, dataset, category, name))
+    outputs = {f"{paper}/{output}" for paper, output, *_ in cells}
+    for key in config.get("table_units", {}):
+        if key not in outputs:
+            close = difflib.get_close_matches(key, sorted(outputs), n=3, cutoff=0.6)
+            raise ConfigError(
+                f"invalid config: table_units: {key!r} names no table or figure of the configured papers "
+                f"(<paper>/<table>); closest: {', '.join(close) or 'none'}"
+            )
     return cells
 
 
@@ -78,11 +106,11 @@ def planned_runs(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> li
     check_patterns(config, experiments)
     include = config.get("experiments", ["*"])
     exclude = config.get("exclude_experiments", [])
-    datasets = config["datasets"]
     wanted = {
         (dataset, category, name)
-        for dataset, category, name in wanted_cells(config, config_dir)
-        if selected(name, include, exclude) and category in datasets.get(dataset, {}).get("categories", ())
+        for paper, output, dataset, category, name in wanted_cells(config, config_dir)
+        if selected(name, include, exclude)
+        and category in selected_units(config, paper, output).get(dataset, ())
     }
     pending = list(wanted)
     while pending:  # add upstream runs (an upstream is needed even if the config filters it out)

@@ -206,7 +206,17 @@ def collect(smk: Any) -> None:
 
 
 def _selected_units(config: dict[str, Any]) -> dict[str, list[str]]:
-    return {name: settings["categories"] for name, settings in config["datasets"].items()}
+    from defectbench.plan import selected_units
+
+    return selected_units(config)
+
+
+def _table_units(config: dict[str, Any], paper: str) -> dict[str, dict[str, list[str]]]:
+    """Output -> dataset -> units of the paper's tables and figures that the config's `table_units` narrows."""
+    from defectbench.plan import selected_units
+
+    outputs = [key.split("/", 1)[1] for key in config.get("table_units", {}) if key.startswith(f"{paper}/")]
+    return {output: selected_units(config, paper, output) for output in outputs}
 
 
 def _render(smk: Any, render: Any) -> None:
@@ -221,6 +231,7 @@ def _render(smk: Any, render: Any) -> None:
         Path(smk.output[0]).parent,
         synthetic=any_synthetic(smk.config),
         selected=_selected_units(smk.config),
+        table_units=_table_units(smk.config, smk.wildcards.paper),
     )
 
 

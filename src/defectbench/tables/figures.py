@@ -25,17 +25,19 @@ def render_figures(
     synthetic: bool,
     selected: Mapping[str, Collection[str]] | None = None,
     only: Collection[str] | None = None,
+    table_units: Mapping[str, Mapping[str, Collection[str]]] | None = None,
 ) -> list[Path]:
     """Write `<out_dir>/<paper>/<figure>.png` for every figure of the spec (or those in `only`).
 
-    `out_dir` is the figures root (results/figures); `selected` as in render_paper.
+    `out_dir` is the figures root (results/figures); `selected` and `table_units` (by figure) as in render_paper.
     """
     spec, published, measured = load_inputs(paper, spec_path, published_csv, metrics_csv, selected)
     paths = []
     for name, figure in (spec.get("figures") or {}).items():
         if only is not None and name not in only:
             continue
-        series = figure_series(figure, published, measured)
+        units = (table_units or {}).get(name)
+        series = figure_series(figure, published, measured if units is None else measured.restricted(units))
         paths.append(_plot(figure, series, Path(out_dir) / paper / f"{name}.png", synthetic))
     return paths
 

@@ -121,19 +121,22 @@ def render_paper(
     synthetic: bool,
     selected: Mapping[str, Collection[str]] | None = None,
     only: Collection[str] | None = None,
+    table_units: Mapping[str, Mapping[str, Collection[str]]] | None = None,
 ) -> list[Path]:
     """Write `<out_dir>/<paper>/<table>.{csv,md,html}` for every table of the spec (or those in `only`).
 
     `out_dir` is the tables root (results/tables). `selected` maps dataset -> configured units; units outside it
-    do not count even if old metrics exist (None: every unit with metrics counts). A cell with no counting unit is
-    "not run", one with only some of its units "partial" (shown with "(n/m units)", never compared or bold).
+    do not count even if old metrics exist (None: every unit with metrics counts); `table_units` replaces it for
+    the tables it names (table -> dataset -> units). A cell with no counting unit is "not run", one with only
+    some of its units "partial" (shown with "(n/m units)", never compared or bold).
     """
     spec, published, measured = load_inputs(paper, spec_path, published_csv, metrics_csv, selected)
     paths: list[Path] = []
     for table in table_specs(spec):
         if only is not None and table.name not in only:
             continue
-        grid = compute_table(table, published, measured)
+        units = (table_units or {}).get(table.name)
+        grid = compute_table(table, published, measured if units is None else measured.restricted(units))
         stem = Path(out_dir) / paper / table.name
         paths.append(write_csv(stem.with_suffix(".csv"), cells_frame(table, grid)))
         paths.append(write_text(stem.with_suffix(".md"), to_markdown(table, grid, synthetic)))

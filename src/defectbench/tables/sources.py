@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -103,6 +104,12 @@ class MeasuredIndex:
         for key, group in ordered.groupby(UNIT_KEY, sort=False):
             self._units[tuple(key)] = dict(zip(group["seed"].tolist(), group["value"].tolist(), strict=True))
         self._selected = None if selected is None else {d: set(units) for d, units in selected.items()}
+
+    def restricted(self, selected: Mapping[str, Collection[str]]) -> MeasuredIndex:
+        """The same measurements with other selected units (one table's `table_units` of the config)."""
+        view = copy.copy(self)
+        view._selected = {d: set(units) for d, units in selected.items()}
+        return view
 
     def lookup(self, keys: Mapping[str, Any]) -> Measured | None:
         """The cell's `aggregate` (mean or sum) over its units of each unit's mean over seeds.
