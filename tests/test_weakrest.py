@@ -20,7 +20,7 @@ from defectbench.methods.base import build
 from defectbench.methods.weakrest.anomalies import synthesize_anomaly
 from defectbench.methods.weakrest.foreground import ForegroundEstimator
 from defectbench.methods.weakrest.loss import UNKNOWN, focal_loss, random_mask, sharpen
-from defectbench.methods.weakrest.method import real_block_labels
+from defectbench.methods.weakrest.method import image_supervisions, real_block_labels
 from defectbench.metrics import evaluate
 from defectbench.tables.spec import GridEntry, TableSpec
 
@@ -167,6 +167,22 @@ def test_weak_labels_of_real_defects() -> None:
     assert pixel[2:4, 2:5].min() == 1 and pixel[0, 0] == 0
     assert (bbox[2:4, 2:5] == UNKNOWN).all() and bbox[0, 0] == 0 and bbox.max() == 0
     assert (image == UNKNOWN).all()
+
+
+def test_mixed_supervision_labels_a_seeded_subset_by_pixels() -> None:
+    """mixed: `pixel_labelled` of the defective images get block labels, the others image labels; same seed, same
+    choice whatever the order of the samples; asking for more than there are is an error."""
+    real = [
+        Sample(f"test/cut/{i}", 1, "cut", Path(f"{i}.png"), "", Path("."), 64, 64, "test", True)
+        for i in range(10)
+    ]
+    kinds = image_supervisions(real, "mixed", 5, seed=0)
+    assert sorted(kinds) == ["block"] * 5 + ["image"] * 5
+    shuffled = image_supervisions(real[::-1], "mixed", 5, seed=0)[::-1]
+    assert shuffled == kinds and image_supervisions(real, "mixed", 5, seed=1) != kinds
+    assert image_supervisions(real, "bbox", 5, seed=0) == ["bbox"] * 10
+    with pytest.raises(ValueError, match="asks for 11 pixel-labelled images of 10"):
+        image_supervisions(real, "mixed", 11, seed=0)
 
 
 def test_loss_pieces() -> None:

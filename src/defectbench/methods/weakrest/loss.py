@@ -16,22 +16,15 @@ UNKNOWN = -2
 def focal_loss(
     logits: torch.Tensor, targets: torch.Tensor, use: torch.Tensor, alpha: float, gamma: float
 ) -> torch.Tensor:
-    """Eq. 17 with soft targets t: positive terms weighted by t and averaged over Σt, negative terms by 1 − t over
-    Σ(1 − t). With hard labels this is Eq. 17 exactly; with mixed-up targets it keeps MixMatch's soft labels
-    (Algorithm 1's 0.5 threshold would teach a token carrying up to half a defect residual as fully normal)."""
-    p = torch.sigmoid(logits)
-    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
-    t = targets[use]
+    """Eq. 17 over the tokens `use`: positives (target > 0.5, Algorithm 1's Z⁺) and negatives (Z⁻) each averaged
+    over their own class, so that the rare defective blocks weigh as much as the normal ones."""
+    p = torch.sigmoid(logits[use])
+    positive = targets[use] > 0.5
     loss = logits.new_zeros(())
-    if t.numel() == 0:
-        return loss
-    negative, positive = 1 - t, t
-    if negative.sum() > 0:
-        terms = (1 - alpha) * p[use] ** gamma * log_not_p[use]
-        loss = loss - (negative * terms).sum() / negative.sum()
-    if positive.sum() > 0:
-        terms = alpha * (1 - p[use]) ** gamma * log_p[use]
-        loss = loss - (positive * terms).sum() / positive.sum()
+    if (~positive).any():
+        loss = loss - ((1 - alpha) * p[~positive] ** gamma * F.logsigmoid(-logits[use][~positive])).mean()
+    if positive.any():
+        loss = loss - (alpha * (1 - p[positive]) ** gamma * F.logsigmoid(logits[use][positive])).mean()
     return loss
 
 
@@ -57,8 +50,10 @@ def resmixmatch_loss(
     params: dict,
     lambda_u: float,
     generator: torch.Generator,
+    mix: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_x + λ_u L_u of Algorithm 1 for tokens (B, h, w, d) and labels (B, h, w).
+    """L_x + λ_u L_u of Algorithm 1 for tokens (B, h, w, d) and labels (B, h, w); `mix` ~ Beta(α, α) the mixup
+    weight (drawn by the caller from its own seeded generator).
 
     Without UNKNOWN tokens this is the supervised loss: Eq. 17 on the masked tokens (Eq. 18) of the known ones.
     Mixup pairs whole token maps of the batch (per-image, positions kept, so that the Swin blocks still see
@@ -79,13 +74,13 @@ def resmixmatch_loss(
             ]
         ).mean(0)
         targets = torch.where(unknown, sharpen(guesses, params["sharpen_temperature"]), targets)
-    mix = torch.distributions.Beta(params["mixup_alpha"], params["mixup_alpha"]).sample().item()
     mix = max(mix, 1 - mix)
     order = torch.randperm(len(tokens), generator=generator).to(tokens.device)
     mixed_tokens = mix * tokens + (1 - mix) * tokens[order]
     mixed_targets = mix * targets + (1 - mix) * targets[order]
     usable = labels[order] != IGNORE
     logits = model(random_mask(mixed_tokens, beta, kappa, generator))
+    # Algorithm 1, step 9: Z⁺ / Z⁻ split the mixed labels at 0.5 (focal_loss)
     loss_x = focal_loss(logits, mixed_targets, known & usable, params["focal_alpha"], params["focal_gamma"])
     loss_u = focal_loss(
         logits, mixed_targets, unknown & usable, params["focal_alpha_u"], params["focal_gamma"]

@@ -24,7 +24,22 @@ from defectbench.methods.weakrest.loss import UNKNOWN, resmixmatch_loss
 from defectbench.methods.weakrest.model import ResidualTransformer, residual_tokens
 from defectbench.training import EpochLoop
 
-SUPERVISIONS = ("un", "pixel", "block", "bbox", "rbbox", "image")
+SUPERVISIONS = ("un", "pixel", "block", "bbox", "rbbox", "image", "mixed")
+
+
+def image_supervisions(real: list[Sample], supervision: str, pixel_labelled: int, seed: int) -> list[str]:
+    """The label type of each real defective training image: the run's own, except `mixed`, where a seeded
+    choice of `pixel_labelled` images has block labels (from their masks) and the others image-level labels."""
+    if supervision != "mixed":
+        return [supervision] * len(real)
+    if not 0 <= pixel_labelled <= len(real):
+        raise ValueError(
+            f"mixed supervision asks for {pixel_labelled} pixel-labelled images of {len(real)} defective "
+            "training images; set pixel_labelled between 0 and that number"
+        )
+    order = sorted(range(len(real)), key=lambda i: real[i].image_id)
+    chosen = {order[i] for i in np.random.default_rng(seed).permutation(len(real))[:pixel_labelled]}
+    return ["block" if i in chosen else "image" for i in range(len(real))]
 
 
 def real_block_labels(sample: Sample, supervision: str, params: dict[str, Any], size: tuple[int, int],
@@ -57,9 +72,9 @@ class WeakREST(Method):
     required_params = (
         "feature_set", "thetas", "embed_dims", "depth", "heads", "window", "blocks", "iterations",
         "steps_per_epoch", "batch_mix", "lr", "weight_decay", "ema_decay", "focal_alpha", "focal_alpha_u",
-        "focal_gamma", "mask_probability", "jitter", "augmentations", "sharpen_temperature", "mixup_alpha",
-        "lambda_u", "lambda_u_ramp", "eps_pos", "eps_neg", "box_jitter", "synthetic_per_normal", "anomaly",
-        "foreground", "gaussian_sigma",
+        "focal_gamma", "mask_probability", "jitter", "augmentations", "sharpen_temperature",
+        "mixup_alpha", "lambda_u", "lambda_u_ramp", "eps_pos", "eps_neg", "box_jitter", "pixel_labelled",
+        "synthetic_per_normal", "anomaly", "foreground", "gaussian_sigma",
     )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -133,8 +148,11 @@ class WeakREST(Method):
         rng = np.random.default_rng(self.seed)
         normal_rows = file.rows([s.image_id for s in normal])
         real_rows = file.rows([s.image_id for s in real])
+        kinds = image_supervisions(real, supervision, p["pixel_labelled"], self.seed)
         real_labels = (
-            np.stack([real_block_labels(s, supervision, p, size, stride, rng) for s in real])
+            np.stack(
+                [real_block_labels(s, k, p, size, stride, rng) for s, k in zip(real, kinds, strict=True)]
+            )
             if real
             else None
         )
@@ -180,7 +198,8 @@ class WeakREST(Method):
                 tokens, labels = batch()
                 current = epoch * p["steps_per_epoch"] + index
                 lambda_u = p["lambda_u"] * min(1.0, current / max(1, p["lambda_u_ramp"]))
-                loss, parts = resmixmatch_loss(self.network, tokens, labels, p, lambda_u, generator)
+                mix = float(draw.beta(p["mixup_alpha"], p["mixup_alpha"]))
+                loss, parts = resmixmatch_loss(self.network, tokens, labels, p, lambda_u, generator, mix)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
