@@ -51,16 +51,19 @@ def check_patterns(config: Mapping[str, Any], names: Iterable[str]) -> None:
 def selected_units(config: Mapping[str, Any], paper: str = "", output: str = "") -> dict[str, list[str]]:
     """dataset -> the units a table or figure counts: the dataset's configured `categories`, narrowed for one
     output by `table_units: {<paper>/<output>: {<dataset>: [units]}}` (the demo runs analysis tables on fewer
-    units, so that all rows of such a table are measured on the same units)."""
+    units, so that all rows of such a table are measured on the same units). A unit there that the dataset does
+    not have is an error; one the config leaves out of `categories` is simply not run."""
+    from defectbench.data.datasets import get_dataset
+
     units = {name: list(settings["categories"]) for name, settings in config["datasets"].items()}
     for dataset, chosen in config.get("table_units", {}).get(f"{paper}/{output}", {}).items():
-        outside = sorted(set(chosen) - set(units.get(dataset, ())))
-        if outside:
+        unknown = sorted(set(chosen) - set(get_dataset(dataset).units))
+        if unknown:
             raise ConfigError(
-                f"invalid config: table_units: {paper}/{output}: {dataset} units {outside} are not among "
-                f"datasets.{dataset}.categories {units.get(dataset, [])}"
+                f"invalid config: table_units: {paper}/{output}: {dataset} has no units {unknown}; "
+                f"valid: {', '.join(get_dataset(dataset).units)}"
             )
-        units[dataset] = list(chosen)
+        units[dataset] = [unit for unit in units.get(dataset, []) if unit in chosen]
     return units
 
 
