@@ -69,7 +69,7 @@ def demo_plan() -> tuple[int, int]:
     """(WeakREST runs, residual files) the demo config plans: each file is computed once for all its runs."""
     config = read_yaml(__import__("pathlib").Path("config/config.yaml"))
     experiments = load_experiments()
-    runs = [r for r in planned_runs(config) if experiments[r.experiment]["method"] == "weakrest"]
+    runs = [r for r in planned_runs(config) if experiments[r.experiment].get("method") == "weakrest"]
     files = Counter(
         (
             r.dataset,
