@@ -196,7 +196,12 @@ def test_simpleclick_finetuned_on_synthetic_anomalies_learns_to_label_real_defec
             "simpleclick",
             "mvtec_ad",
             "demo",
-            {"finetune": finetune, "max_clicks": 3, "label_clicks": [3], "schedule": {"epochs": 2, "samples_per_epoch": 32}},
+            {
+                "finetune": finetune,
+                "max_clicks": 3,
+                "label_clicks": [3],
+                "schedule": {"epochs": 2, "samples_per_epoch": 32},
+            },
         )
         method = SimpleClick(params, torch.device("cpu"), 0)
         method.fit(samples["train"])
