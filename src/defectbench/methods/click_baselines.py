@@ -66,7 +66,8 @@ class ResizedClickModel(ClickModel):
         maps = click_maps(scaled, (self.size, self.size), self.radius)[None].to(self.device)
         prev = torch.from_numpy(np.asarray(previous, np.float32))[None, None].to(self.device)
         prev = F.interpolate(prev, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        logits = self.net(prepared["image"], maps, prev)
+        points = {"points": [scaled]} if getattr(self.net, "needs_click_points", False) else {}
+        logits = self.net(prepared["image"], maps, prev, **points)
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)[0, 0].cpu().numpy()
 
