@@ -122,11 +122,12 @@ def published_simpleclick(net, tmp_path, edit=None):
 
 def test_simpleclick_loads_the_published_layout_by_name_and_refuses_others(tmp_path) -> None:
     from defectbench.data.images import DataError
-    from defectbench.methods.simpleclick.model import SimpleClickNet, load_published
+    from defectbench.methods.click_baselines import load_published
+    from defectbench.methods.simpleclick.model import SimpleClickNet, map_published
 
     net = SimpleClickNet(**TINY_VIT)
     path, state = published_simpleclick(net, tmp_path)
-    load_published(net, path)
+    load_published(net, path, map_published, "simpleclick_vit_base_448")
     loaded = net.state_dict()
     assert torch.equal(loaded["vit.blocks.7.attn.qkv.weight"], state["backbone.blocks.7.attn.qkv.weight"])
     assert torch.equal(loaded["click_embed.weight"], state["patch_embed_coords.proj.weight"])
@@ -141,10 +142,13 @@ def test_simpleclick_loads_the_published_layout_by_name_and_refuses_others(tmp_p
     for message, edit in cases.items():
         bad, _ = published_simpleclick(SimpleClickNet(**TINY_VIT), tmp_path, edit)
         with pytest.raises(DataError, match=message):
-            load_published(SimpleClickNet(**TINY_VIT), bad)
+            load_published(SimpleClickNet(**TINY_VIT), bad, map_published, "simpleclick_vit_base_448")
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    with pytest.raises(DataError, match="cannot be read"):
+        load_published(net, path, map_published, "simpleclick_vit_base_448")
     torch.save([1, 2], tmp_path / "list.pth")
-    with pytest.raises(DataError, match="no SimpleClick checkpoint"):
-        load_published(net, tmp_path / "list.pth")
+    with pytest.raises(DataError, match="no published simpleclick_vit_base_448 checkpoint"):
+        load_published(net, tmp_path / "list.pth", map_published, "simpleclick_vit_base_448")
 
 
 def test_simpleclick_pretrained_weights_come_from_the_local_cache_only(tmp_path, monkeypatch) -> None:
@@ -260,11 +264,12 @@ def published_gpcis(net, tmp_path, edit=None):
 
 def test_gpcis_loads_the_published_layout_by_name_and_refuses_others(tmp_path) -> None:
     from defectbench.data.images import DataError
-    from defectbench.methods.gpcis.model import GPCISNet, load_published
+    from defectbench.methods.click_baselines import load_published
+    from defectbench.methods.gpcis.model import GPCISNet, map_published
 
     net = GPCISNet(**TINY_GP)
     path, state = published_gpcis(net, tmp_path)
-    load_published(net, path)
+    load_published(net, path, map_published, "gpcis_resnet50")
     loaded = net.state_dict()
     pairs = {"backbone.layer4.0.conv2.weight": "model.backbone.layer4.0.conv2.weight",
              "decoder.1.1.weight": "model.head.block.1.body.1.weight", "aspp.branches.4.1.weight":
@@ -281,7 +286,7 @@ def test_gpcis_loads_the_published_layout_by_name_and_refuses_others(tmp_path) -
     for message, edit in cases.items():
         bad, _ = published_gpcis(GPCISNet(**TINY_GP), tmp_path, edit)
         with pytest.raises(DataError, match=message):
-            load_published(GPCISNet(**TINY_GP), bad)
+            load_published(GPCISNet(**TINY_GP), bad, map_published, "gpcis_resnet50")
 
 
 @torch.no_grad()

@@ -6,18 +6,58 @@ mask fed back)."""
 from __future__ import annotations
 
 import abc
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from defectbench.data.images import DataError
 from defectbench.data.samples import Sample
 from defectbench.methods.adclick.model import click_maps
 from defectbench.methods.adclick.train import ClickItem, fit_click_net
 from defectbench.methods.backbones import imagenet_normalize
 from defectbench.methods.interactive import InteractiveMethod
 from defectbench.metrics.clicks import Click, ClickModel
+
+
+def load_published(
+    net: torch.nn.Module,
+    path: Path,
+    mapping: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]],
+    registry_name: str,
+) -> None:
+    """Load a published RITM-style checkpoint ({'config', 'state_dict'}) into `net` through the key `mapping`,
+    exactly: every weight of the network with its shape, and nothing else (else a DataError naming the file)."""
+    if not Path(path).exists():
+        raise DataError(
+            f"weights not found at {path}; see the {registry_name} entry of src/defectbench/methods/weights.yaml "
+            "(a manual download), or set pretrained: false"
+        )
+    try:  # the config holds plain Python objects (class names, tuples); the file is registry-verified before
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        raise DataError(
+            f"{path} cannot be read as a checkpoint ({err}); download {registry_name} again"
+        ) from err
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, Mapping):
+        raise DataError(f"{path} is no published {registry_name} checkpoint (a dict with a `state_dict`)")
+    mapped = mapping(state)
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(mapped))
+    unexpected = sorted(set(mapped) - set(expected))
+    shapes = [f"{k}: {tuple(mapped[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in mapped and mapped[k].shape != v.shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        raise DataError(
+            f"{path} does not match the {registry_name} network of this config: missing {missing[:5]} "
+            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), shapes differ {shapes[:3]}"
+        )
+    net.load_state_dict(mapped)
 
 
 def synthetic_anomalies(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from defectbench.methods.base import register
-from defectbench.methods.click_baselines import FinetunedClickMethod
-from defectbench.methods.gpcis.model import GPCISNet, load_published
+from defectbench.methods.click_baselines import FinetunedClickMethod, load_published
+from defectbench.methods.gpcis.model import GPCISNet, map_published
 from defectbench.methods.weights import verify_weights
 
 
@@ -20,4 +20,4 @@ class GPCIS(FinetunedClickMethod):
         return GPCISNet(**architecture)
 
     def load_published(self, net: torch.nn.Module) -> None:
-        load_published(net, verify_weights(self.params["weights"]))
+        load_published(net, verify_weights(self.params["weights"]), map_published, self.params["weights"])

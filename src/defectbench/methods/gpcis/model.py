@@ -8,22 +8,20 @@ Kernel: k(a, b) = exp(-|s * (f_a - f_b)|^2 / 2) + softplus(w) * exp(-|rgb_a - rg
 prior f0(x) = sqrt(2 / L) sin(theta(x)) . omega; observations u_i = label_i * softplus(mlp(x_i)) at the clicks;
 posterior f(x) = f0(x) + k(x, Z) (K_ZZ + eps I)^-1 (u - f0(Z)), the click logits (GPCIS Sec. 3, Eq. 4-9).
 
-`load_published` maps GPCIS_Resnet50.pth (`model.backbone.*`, `model.aspp.concurent.*`, `model.head.block.*`,
-`theta`, `omega` ...) onto these modules by name and refuses any other layout.
+`map_published` renames the keys of GPCIS_Resnet50.pth (`model.backbone.*`, `model.aspp.concurent.*`,
+`model.head.block.*`, `theta`, `omega` ...) to these modules' (loaded by `click_baselines.load_published`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
-from defectbench.data.images import DataError
 from defectbench.metrics.clicks import Click
 
 
@@ -247,29 +245,3 @@ def map_published(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 key = key.replace(".body.", ".", 1)
         mapped[key] = value
     return mapped
-
-
-def load_published(net: GPCISNet, path: Path) -> None:
-    """Load GPCIS's published checkpoint (a dict with `state_dict`) into `net`, exactly: every weight with its shape."""
-    if not Path(path).exists():
-        raise DataError(
-            f"GPCIS weights not found at {path}; see the gpcis_resnet50 entry of "
-            "src/defectbench/methods/weights.yaml (a manual download), or set pretrained: false"
-        )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, Mapping):
-        raise DataError(f"{path} is no GPCIS checkpoint (a dict with a `state_dict`)")
-    mapped = map_published(state)
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(mapped))
-    unexpected = sorted(set(mapped) - set(expected))
-    shapes = [f"{k}: {tuple(mapped[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in mapped and mapped[k].shape != v.shape]  # fmt: skip
-    if missing or unexpected or shapes:
-        raise DataError(
-            f"{path} does not match GPCIS's ResNet-50 DeepLabV3+: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)}), shapes differ {shapes[:3]}; the registry entry "
-            "gpcis_resnet50 expects GPCIS_Resnet50.pth"
-        )
-    net.load_state_dict(mapped)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from defectbench.methods.base import register
-from defectbench.methods.click_baselines import FinetunedClickMethod
-from defectbench.methods.simpleclick.model import SimpleClickNet, load_published
+from defectbench.methods.click_baselines import FinetunedClickMethod, load_published
+from defectbench.methods.simpleclick.model import SimpleClickNet, map_published
 from defectbench.methods.weights import verify_weights
 
 
@@ -19,4 +19,4 @@ class SimpleClick(FinetunedClickMethod):
         return SimpleClickNet(**self.params["architecture"])
 
     def load_published(self, net: torch.nn.Module) -> None:
-        load_published(net, verify_weights(self.params["weights"]))
+        load_published(net, verify_weights(self.params["weights"]), map_published, self.params["weights"])

@@ -3,21 +3,18 @@ negative disks) are patch-embedded and added to the image tokens; the ViT attend
 pre-training size) with a global block closing each group; a simple feature pyramid and a SegFormer-style MLP
 head give logits at 1/4 resolution, upsampled to the input.
 
-`load_published` maps the published checkpoint's state dict (RITM/SimpleClick layout: `backbone.*`,
-`patch_embed_coords.*`, `neck.*`, `head.*`) onto these modules by name and refuses any other layout.
+`map_published` renames the published checkpoint's keys (RITM/SimpleClick layout: `backbone.*`,
+`patch_embed_coords.*`, `neck.*`, `head.*`) to these modules' (loaded by `click_baselines.load_published`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-
-from defectbench.data.images import DataError
 
 
 def _gn(channels: int) -> nn.GroupNorm:
@@ -169,33 +166,3 @@ def map_published(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 break
         mapped[key] = value
     return mapped
-
-
-def load_published(net: SimpleClickNet, path: Path) -> None:
-    """Load SimpleClick's published checkpoint (a dict with `state_dict`) into `net`, exactly: every weight of
-    the network must be there with its shape, and nothing else."""
-    if not Path(path).exists():
-        raise DataError(
-            f"SimpleClick weights not found at {path}; see the simpleclick_vit_base_448 entry of "
-            "src/defectbench/methods/weights.yaml (a manual download), or set pretrained: false"
-        )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, Mapping):
-        raise DataError(f"{path} is no SimpleClick checkpoint (a dict with a `state_dict`)")
-    mapped = map_published(state)
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(mapped))
-    unexpected = sorted(set(mapped) - set(expected))
-    shapes = [
-        f"{k}: {tuple(mapped[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in mapped and mapped[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        raise DataError(
-            f"{path} does not match SimpleClick ViT-B/{net.vit.patch_embed.patch_size[0]} at {net.img_size} px: "
-            f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), "
-            f"shapes differ {shapes[:3]}; the registry entry simpleclick_vit_base_448 expects cocolvis_vit_base.pth"
-        )
-    net.load_state_dict(mapped)
