@@ -173,6 +173,29 @@ def test_experiment_pattern_matching_nothing_names_it_and_the_closest(key: str) 
         planned_runs(config)
 
 
+def test_exclude_units_skips_an_experiment_on_some_units_only() -> None:
+    config = yaml.safe_load(Path("config/config.yaml").read_text())
+    config.update(papers=["adclick"], experiments=["adclick_seg_abl*"], exclude_units=[])
+    units = {
+        (r.experiment, r.category) for r in planned_runs(config) if r.experiment.startswith("adclick_seg_abl")
+    }
+    assert {c for _, c in units} == {"carpet", "bottle"}
+    config["exclude_units"] = [
+        {"experiments": "adclick_seg_abl*", "dataset": "mvtec_ad", "categories": ["carpet"]}
+    ]
+    validate_config(config)
+    runs = planned_runs(config)
+    assert {(r.experiment, r.category) for r in runs if r.experiment.startswith("adclick_seg_abl")} == {
+        (e, "bottle") for e, _ in units
+    }
+    assert ("adclick_adclick", "carpet") not in {
+        (r.experiment, r.category) for r in runs
+    }  # only upstreams needed
+    config["exclude_units"][0]["experiments"] = "adclick_seg_ab1*"
+    with pytest.raises(ConfigError, match=r"exclude_units: 'adclick_seg_ab1\*' matches no experiment"):
+        planned_runs(config)
+
+
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "experiments" / "broken.yaml"
     bad.parent.mkdir()

@@ -35,11 +35,25 @@ def selected(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
     )
 
 
+def excluded_unit(config: Mapping[str, Any], name: str, dataset: str, category: str) -> bool:
+    """Whether the config's `exclude_units` skips experiment `name` on this unit (the demo runs ablations on fewer
+    units than the main rows; their cells show "(n/m units)")."""
+    return any(
+        fnmatch.fnmatchcase(name, rule["experiments"])
+        and rule["dataset"] == dataset
+        and category in rule["categories"]
+        for rule in config.get("exclude_units", [])
+    )
+
+
 def check_patterns(config: Mapping[str, Any], names: Iterable[str]) -> None:
-    """A pattern of `experiments`/`exclude_experiments` that matches no experiment is a typo: name the closest."""
+    """A pattern of `experiments`/`exclude_experiments`/`exclude_units` that matches no experiment is a typo: name
+    the closest."""
     names = sorted(names)
-    for key in ("experiments", "exclude_experiments"):
-        for pattern in config.get(key, []):
+    unit_patterns = [rule["experiments"] for rule in config.get("exclude_units", [])]
+    for key, patterns in (*((k, config.get(k, [])) for k in ("experiments", "exclude_experiments")),
+                          ("exclude_units", unit_patterns)):  # fmt: skip
+        for pattern in patterns:
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.6)
                 raise ConfigError(
@@ -82,7 +96,9 @@ def planned_runs(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> li
     wanted = {
         (dataset, category, name)
         for dataset, category, name in wanted_cells(config, config_dir)
-        if selected(name, include, exclude) and category in datasets.get(dataset, {}).get("categories", ())
+        if selected(name, include, exclude)
+        and category in datasets.get(dataset, {}).get("categories", ())
+        and not excluded_unit(config, name, dataset, category)
     }
     pending = list(wanted)
     while pending:  # add upstream runs (an upstream is needed even if the config filters it out)
