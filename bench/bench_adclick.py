@@ -4,7 +4,8 @@ input sizes, and the shared residual stage's time per image (as recorded in a re
     .venv/bin/python bench/bench_adclick.py [--device cuda] [--repeats 3] [--scale paper|demo] [--threads 1]
         [--features results/features/mvtec_ad/carpet/adclick/residuals.npz]
 
-Random weights (timing only). SimpleClick and GPCIS are not implemented yet (see the adclick branch report).
+Random weights (timing only). SAM embeds the image once per image (prepare); ADClick's per-image work is the
+residual stage (--features); SimpleClick and GPCIS run their whole network per click.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import torch
 from defectbench.experiments import method_params
 from defectbench.methods.adclick.model import ADClickNet
 from defectbench.methods.adclick.train import ADClickClickModel, ClickItem
+from defectbench.methods.click_baselines import FinetunedClickMethod
+from defectbench.methods.gpcis import GPCIS
 from defectbench.methods.sam.method import SamClickModel, build_sam
+from defectbench.methods.simpleclick import SimpleClick
 from defectbench.metrics.clicks import Click
 
 
@@ -92,6 +96,30 @@ def bench_sam(scale: str, device: torch.device, repeats: int) -> tuple[str, floa
     )
 
 
+@torch.no_grad()
+def bench_baseline(
+    cls: type[FinetunedClickMethod], scale: str, device: torch.device, repeats: int
+) -> tuple[str, float, float]:
+    """SimpleClick or GPCIS (random weights) at its input size: the image is resized there once (prepare)."""
+    params = {**method_params(cls.name, "mvtec_ad", scale), "pretrained": False}
+    model = cls(params, device, 0).click_model()
+    size = int(params["architecture"]["img_size"])
+    image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    prepare = timed(lambda: model.prepare(image), device, repeats)
+    prepared = model.prepare(image)
+    previous = np.zeros((size, size), np.float32)
+    per_click = timed(lambda: model(prepared, clicks(size), previous), device, repeats)
+    return f"{cls.__name__} {size}x{size}", prepare, per_click
+
+
+def bench_simpleclick(scale: str, device: torch.device, repeats: int) -> tuple[str, float, float]:
+    return bench_baseline(SimpleClick, scale, device, repeats)
+
+
+def bench_gpcis(scale: str, device: torch.device, repeats: int) -> tuple[str, float, float]:
+    return bench_baseline(GPCIS, scale, device, repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,10 +138,9 @@ def main() -> None:
     print(
         f"{'model':<22} {'prepare/image (s)':>18} {'per click (s)':>14}   device {device}, scale {args.scale}"
     )
-    for bench in (bench_adclick, bench_sam):
+    for bench in (bench_adclick, bench_sam, bench_simpleclick, bench_gpcis):
         name, prepare, per_click = bench(args.scale, device, args.repeats)
         print(f"{name:<22} {prepare:>18.4f} {per_click:>14.4f}")
-    print(f"{'SimpleClick, GPCIS':<22} {'not implemented':>18}")
     if args.features:
         from defectbench.features.store import ResidualFile
 

@@ -170,10 +170,29 @@ def test_adclick_learns_to_label_an_unseen_category_from_clicks(trained: dict) -
     assert after_5 > disks + 0.2  # measured disks alone 0.384
 
 
+def synthetic_anomaly_items(samples: dict[str, list[Sample]], size: int = 64) -> list[ClickItem]:
+    """The same stand-in residuals of MemSeg-style synthetic anomalies (WeakREST's generator, demo settings) made
+    from the normal training images: what ADClick-Seg would learn from without any real defect."""
+    from defectbench.experiments import method_params
+    from defectbench.methods.weakrest.anomalies import procedural_texture, synthesize_anomaly
+
+    anomaly = method_params("weakrest", "mvtec_ad", "demo")["anomaly"]
+    normal = np.stack([s.read_image((size, size)) for s in samples["train"]]).astype(np.float32).mean(axis=0)
+    rng = np.random.default_rng(0)
+    items = []
+    for sample in samples["train"]:
+        image, mask = synthesize_anomaly(sample.read_image((size, size)), rng, procedural_texture, anomaly)
+        deviation = ((image.astype(np.float32) - normal) / 64) ** 2
+        pooled = F.avg_pool2d(torch.from_numpy(deviation).permute(2, 0, 1)[None], 4)[0]
+        key = f"mvtec_ad/{sample.image_id.split('/')[0]}/broken_large"  # Sec. 3.3: a synthetic defect has no
+        items.append(ClickItem(pooled, mask, key, mask.astype(np.float32)))  # type; any of the unit's prompts
+    return items
+
+
 def test_adclick_seg_learns_from_adclick_labels(trained: dict) -> None:
     """ADClick-Seg on bottle: half the defective images labelled by ADClick with 5 clicks (Eq. 8-9) plus the normal
-    training images, against the same network trained on the normal images only (no defect label: chance level,
-    since the synthetic-anomaly generator is not shared yet); pixel AP on the other half and the normal test images."""
+    training images, against the same network trained on the normal images and synthetic anomalies of them (the
+    unsupervised alternative: no real defect labelled); pixel AP on the other half and the normal test images."""
     from defectbench.methods.adclick_seg.method import disc_strengthened
     from defectbench.metrics import p_ap
 
@@ -188,24 +207,28 @@ def test_adclick_seg_learns_from_adclick_labels(trained: dict) -> None:
             run = click_loop(labeller, item, item.mask, max_clicks=5, keep=(5,), tie_break="random")
             soft = disc_strengthened(run.maps[5], run.clicks, 3)
             pseudo.append(ClickItem(item.residual, soft > 0.5, item.defect, soft))
+    synthetic = synthetic_anomaly_items(bottle)
     params = {**TRAIN_PARAMS, "click_probability": 0.5}
+    evaluation = (
+        held_out + stand_in_residuals({"train": bottle["train"], "test": bottle["test"]}, normals=True)[:4]
+    )
+    masks = np.stack([i.mask for i in evaluation])
+    keys = [k for k in trained["words"] if k.startswith("mvtec_ad/bottle/")]
     scores = {}
-    for name, items in (("adclick labels", normal_train + pseudo), ("normal images only", normal_train)):
+    for name, items in (
+        ("adclick labels", normal_train + pseudo),
+        ("synthetic anomalies", normal_train + synthetic),
+    ):
         torch.manual_seed(0)
         net = ADClickNet(3, 32, 2, 4, 8, 4, 32, mlp_head=False)
         fit_click_net(net, items, trained["words"], params, 1, torch.device("cpu"))
         model = ADClickClickModel(net, torch.device("cpu"), trained["words"], 3, 32)
-        evaluation = (
-            held_out
-            + stand_in_residuals({"train": bottle["train"], "test": bottle["test"]}, normals=True)[:4]
-        )
-        keys = [k for k in trained["words"] if k.startswith("mvtec_ad/bottle/")]
         with torch.no_grad():
             maps = np.stack([
                 np.max([model(model.prepare(ClickItem(i.residual, i.mask, k)), [], np.zeros((64, 64))) for k in keys], 0)
                 for i in evaluation
             ])  # fmt: skip
-        masks = np.stack([i.mask for i in evaluation])
-        scores[name] = (p_ap(maps, masks), iou(maps > 0.5, masks))
-    print(f"ADClick-Seg (pixel AP, IoU at 0.5): {scores}")
-    assert scores["adclick labels"][1] > scores["normal images only"][1] + 0.3
+        scores[name] = p_ap(maps, masks)
+    print(f"ADClick-Seg pixel AP: {scores}")
+    # measured 0.972 vs 0.920 (training seeds 2 and 3: margins 0.136 and 0.033)
+    assert scores["adclick labels"] > scores["synthetic anomalies"] + 0.03

@@ -188,6 +188,17 @@ def test_experiment_pattern_matching_nothing_names_it_and_the_closest(key: str) 
         planned_runs(config)
 
 
+def test_table_units_run_adclick_ablations_on_one_unit_and_table_1_on_all() -> None:
+    config = yaml.safe_load(Path("config/config.yaml").read_text())
+    config.update(papers=["adclick"], experiments=["adclick_seg_abl*", "adclick_adclick"])
+    runs = {(r.experiment, r.category) for r in planned_runs(config) if r.dataset == "mvtec_ad"}
+    assert {c for e, c in runs if e.startswith("adclick_seg_abl")} == {"bottle"}
+    assert {c for e, c in runs if e == "adclick_adclick"} == {"carpet", "bottle"}  # Table 1 counts both
+    config["table_units"] = {}
+    runs = {(r.experiment, r.category) for r in planned_runs(config) if r.dataset == "mvtec_ad"}
+    assert {c for e, c in runs if e.startswith("adclick_seg_abl")} == {"carpet", "bottle"}
+
+
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "experiments" / "broken.yaml"
     bad.parent.mkdir()

@@ -54,10 +54,52 @@ class ADClick(InteractiveMethod):
                 "configure more categories of that dataset"
             )
         self.net = self._network(items[0].residual.shape[0], int(self.features.settings["stride"]))
-        return fit_click_net(
-            self.net, items, self.words, self._train_params(), self.seed, self.device,
-            self.checkpoint_path,
-        )  # fmt: skip
+        if not self.params.get("finetune"):
+            return fit_click_net(
+                self.net, items, self.words, self._train_params(), self.seed, self.device,
+                self.checkpoint_path,
+            )  # fmt: skip
+        pretrain = self.workdir / "pretrain.pt" if self.workdir else None
+        log = [{**row, "phase": 0} for row in fit_click_net(self.net, items, self.words, self._train_params(),
+               self.seed, self.device, pretrain, "adclick pretrain")]  # fmt: skip
+        self.net.train()
+        log += [{**row, "phase": 1} for row in fit_click_net(self.net, self._synthetic_items(train), self.words,
+                self._train_params(), self.seed + 1, self.device, self.checkpoint_path, "adclick fine-tune")]  # fmt: skip
+        if pretrain is not None:  # the pre-training checkpoint (the runner removes checkpoint_path)
+            pretrain.unlink(missing_ok=True)
+        return log
+
+    def _synthetic_items(self, train: list[Sample]) -> list[ClickItem]:
+        """Table 7 "Finetune": synthetic anomalies of the unit's normal training images, their residuals computed
+        by the unit's residual model (never referencing the image each was made from), with the empty prompt."""
+        from defectbench.features.stage import load_residual_model
+        from defectbench.methods.click_baselines import synthetic_anomalies
+
+        stride = int(self.features.settings["stride"])
+        grid = self.features.residuals.shape[1:3]
+        size = (grid[0] * stride, grid[1] * stride)
+        normal = [s for s in train if s.label == 0]
+        count = round(float(self.params["synthetic_per_normal"]) * len(normal))
+        made = synthetic_anomalies(normal, size, count, self.params["anomaly"], self.seed)
+        model = load_residual_model(self.features, self.device)
+        train_index = {image_id: i for i, image_id in enumerate(self.features.arrays["train_ids"])}
+        items = []
+        batch = int(self.features.settings["batch_size"])
+        for start in range(0, len(made), batch):
+            part = made[start : start + batch]
+            residuals, _ = model.residuals(
+                np.stack([image for _, image, _ in part]), [train_index.get(s.image_id) for s, _, _ in part]
+            )
+            items += [
+                ClickItem(residual_input(r), mask, None)
+                for r, (_, _, mask) in zip(residuals, part, strict=True)
+            ]
+        items = [item for item in items if item.mask.any()]
+        if not items:
+            raise DataError(
+                "ADClick's fine-tuning made no synthetic anomaly; the unit has no normal training image"
+            )
+        return items
 
     @staticmethod
     def _unit(file: Any) -> tuple[str, str]:

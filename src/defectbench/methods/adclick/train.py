@@ -169,7 +169,10 @@ def _train_step(
 
     def forward() -> torch.Tensor:
         maps = torch.stack([click_maps(c.clicks, shape, radius) for c in clickers]).to(device)
-        return net(residual, maps, torch.from_numpy(previous)[:, None].to(device), prompt, prompt_mask)
+        points = {"points": [c.clicks for c in clickers]} if getattr(net, "needs_click_points", False) else {}
+        return net(
+            residual, maps, torch.from_numpy(previous)[:, None].to(device), prompt, prompt_mask, **points
+        )
 
     for _ in range(int(rng.integers(int(params["max_next_clicks"]) + 1))):
         if max(len(c.clicks) for c in clickers) >= int(params["max_clicks_train"]):
@@ -190,6 +193,7 @@ def _train_step(
     loss = normalized_focal_loss(
         forward(), labels, float(params["focal_alpha"]), float(params["focal_gamma"])
     )
+    loss = loss + getattr(net, "aux_loss", 0.0)  # a network's own auxiliary term (GPCIS's u-loss)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
