@@ -204,3 +204,44 @@ def test_ksdd2_learning_size_is_possible(tmp_path: Path) -> None:
                       image_size=(640, 232))  # fmt: skip
     assert Image.open(root / "train/10000.png").size == (232, 640)
     assert _grey(root / "train/10000_GT.png").any()
+
+
+def test_segdec_datasets_have_faint_defects_and_contrast_one_restores_visible_ones(tmp_path: Path) -> None:
+    """DAGM, KSDD and KSDD2 are faint by default (so the demo shows weak < mixed < full supervision); the
+    `defect_contrast` option scales the defects' brightness change, 1 giving the other datasets' visible ones."""
+    for dataset, pattern in (("dagm", "Class1/*/Label/*_label.PNG"), ("ksdd", "kos*/Part*_label.bmp"),
+                             ("ksdd2", "*/*_GT.png")):  # fmt: skip
+        contrast = generator_options(dataset)["defect_contrast"]
+        steps = {}
+        for option in (contrast, 1.0):
+            root = synthesize(
+                dataset, tmp_path / f"{dataset}{option}", **TINY[dataset], defect_contrast=option
+            )
+            differences = []
+            for mask_path in sorted(root.glob(pattern)):
+                mask = _grey(mask_path) > 0
+                if "copy" in mask_path.name or not mask.any():
+                    continue
+                if dataset == "dagm":
+                    image_path = mask_path.parent.parent / mask_path.name.replace("_label", "")
+                else:
+                    image_path = mask_path.with_name(
+                        mask_path.name.replace("_label.bmp", ".jpg").replace("_GT", "")
+                    )
+                image = _grey(image_path)
+                ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
+                differences.append(abs(image[mask].mean() - image[ring].mean()))
+            steps[option] = np.mean(differences)
+        assert contrast < 1 and steps[1.0] > 40, (dataset, steps)  # of 255
+        assert steps[contrast] < (contrast + 0.1) * steps[1.0], (dataset, steps)
+
+
+def test_ksdd_parts_carry_bright_distractors(tmp_path: Path) -> None:
+    """Every KSDD part has bright scratches in no mask, so an image label alone does not say where a defect is."""
+    plain = synthesize("ksdd", tmp_path / "a", **TINY["ksdd"], n_distractors=0)
+    marked = synthesize("ksdd", tmp_path / "b", **TINY["ksdd"])
+    for label in sorted(plain.glob("kos*/Part*_label.bmp")):
+        assert np.array_equal(_grey(label), _grey(marked / label.relative_to(plain)))
+        image = label.with_name(label.name.replace("_label.bmp", ".jpg"))
+        brighter = _grey(marked / image.relative_to(plain)) - _grey(image) > 40
+        assert brighter.sum() >= 4, image  # a 2-pixel-wide scratch of at least a few pixels

@@ -58,6 +58,7 @@ def ksdd2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Sample]]:
     root = synthesize(
         "ksdd2", folder / "data", seed=0,
         n_train_pos=6, n_train_neg=24, n_test_pos=10, n_test_neg=16, image_size=SIZE,
+        defect_contrast=1.0,  # clearly visible defects, not the demo's faint ones
     )  # fmt: skip
     manifest = index_dataset("ksdd2", root, check_counts=False)
     split = make_split("ksdd2", "segdec_n0", manifest, synthetic=True, seed=0)

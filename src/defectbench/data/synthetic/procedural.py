@@ -1,8 +1,9 @@
 """Procedural images and defects: float32 RGB images in [0, 1] and exact boolean defect masks.
 
 Every defect is rasterised into its mask first and the image is then changed exactly on the mask's pixels, so
-masks (and boxes derived from them) are exact. Defects shift the local brightness by 0.4–0.55 (away from the
-local mean), which keeps them clearly visible; defect-free images vary through noise, gain and a lighting ramp.
+masks (and boxes derived from them) are exact. Defects shift the local brightness by `contrast` × 0.4–0.55 (away
+from the local mean): at the default contrast 1 they are clearly visible; the SegDecNet datasets' writers pass a
+lower one (see their docstrings). Defect-free images vary through noise, gain and a lighting ramp.
 """
 
 from __future__ import annotations
@@ -164,17 +165,31 @@ def vary_lighting(rng: np.random.Generator, image: np.ndarray, strength: float =
 
 
 def add_defect(
-    rng: np.random.Generator, image: np.ndarray, kind: str, region: np.ndarray | None = None
+    rng: np.random.Generator,
+    image: np.ndarray,
+    kind: str,
+    region: np.ndarray | None = None,
+    contrast: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one defect of `kind` (DEFECT_KINDS) whose centre lies in `region`; returns (image, exact mask)."""
+    """Draw one defect of `kind` (DEFECT_KINDS) whose centre lies in `region`; returns (image, exact mask).
+
+    `contrast` scales how strongly the defect changes its pixels (1: the clearly visible default)."""
     shape = image.shape[:2]
     for _ in range(20):
         mask = _rasterise(rng, kind, shape, _centre(rng, shape, region))
         if region is not None and kind not in ("mesh", "pothole"):
             mask &= region
         if mask.sum() >= 4:
-            return _paint(rng, image, mask, kind), mask
+            return _paint(rng, image, mask, kind, contrast), mask
     raise RuntimeError(f"could not place a {kind} defect in a {shape} image: the region is too small")
+
+
+def add_distractor(rng: np.random.Generator, image: np.ndarray, kind: str, shift: float) -> np.ndarray:
+    """A defect-like mark of `kind` that is no defect (in no mask): `shift` added to its pixels' brightness."""
+    mask = _rasterise(rng, kind, image.shape[:2], _centre(rng, image.shape[:2], None))
+    out = image.copy()
+    out[mask] = np.clip(out[mask] + shift, 0, 1)
+    return out
 
 
 def faded_stripes(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -286,15 +301,23 @@ def _rasterise(rng: np.random.Generator, kind: str, shape: Shape, centre: tuple[
     return canvas.astype(bool)
 
 
-def _paint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, kind: str) -> np.ndarray:
-    """Shift the masked pixels' brightness away from their mean; spots also change colour."""
+def _paint(
+    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, kind: str, contrast: float
+) -> np.ndarray:
+    """Shift the masked pixels' brightness away from their mean, by `contrast` times the default; spots also
+    change colour."""
     out = image.copy()
     pixels = out[mask]
     luminance = float(pixels.mean())
     prefers_dark = kind in ("hole", "pothole", "crack", "long_crack", "trans_crack", "mesh")
     sign = -1.0 if luminance > (0.3 if prefers_dark else 0.5) else 1.0
-    shift = sign * rng.uniform(0.4, 0.55) + (rng.uniform(-0.15, 0.15, 3) if kind == "spot" else 0.0)
+    shift = contrast * (
+        sign * rng.uniform(0.4, 0.55) + (rng.uniform(-0.15, 0.15, 3) if kind == "spot" else 0.0)
+    )
     if kind == "ellipse":  # DAGM-style: a region of changed texture rather than a flat mark
-        pixels = 0.5 * pixels + 0.5 * pixels.mean(axis=0) + rng.normal(0, 0.08, pixels.shape)
+        blend = 0.5 * contrast  # how far the texture is flattened towards its mean (and re-noised)
+        pixels = (
+            (1 - blend) * pixels + blend * pixels.mean(axis=0) + rng.normal(0, 0.16 * blend, pixels.shape)
+        )
     out[mask] = np.clip(pixels + shift, 0, 1)
     return out

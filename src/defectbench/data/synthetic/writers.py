@@ -26,6 +26,7 @@ from defectbench.data.synthetic.formats import (
 from defectbench.data.synthetic.procedural import (
     ObjectSpec,
     add_defect,
+    add_distractor,
     faded_stripes,
     mask_box,
     object_scene,
@@ -227,8 +228,17 @@ def write_ksdd(
     n_parts: int = 8,
     positives_per_item: int = 2,
     image_size: int | Sequence[int] = (160, 64),
+    defect_contrast: float = 0.8,
+    n_distractors: int = 2,
 ) -> None:
-    """`kosXX/PartN.jpg` (grey) with `PartN_label.bmp` (0/255) for every part, empty for defect-free parts."""
+    """`kosXX/PartN.jpg` (grey) with `PartN_label.bmp` (0/255) for every part, empty for defect-free parts.
+
+    Every part, defective or not, also carries `n_distractors` bright straight scratches that are no defect,
+    and the dark branching cracks are a little fainter (`defect_contrast` 0.8), so that in the demo an image
+    label alone says little (every image has thin marks; AP 0.41 with image labels only) while pixel labels
+    show which marks are defects (AP 0.77 with 5, 1.0 with all 16 training positives pixel-labelled; fold0).
+    With contrast 1 and no distractors, N = 0 already reached AP 0.96.
+    """
     shape = image_shape(image_size)
     if not 0 <= positives_per_item <= n_parts or not 1 <= n_items <= 99:
         raise ValueError("need 0 <= positives_per_item <= n_parts and 1 <= n_items <= 99")
@@ -238,9 +248,13 @@ def write_ksdd(
             rel = f"kos{item:02d}/Part{part}"
             rng = image_rng(seed, "ksdd", rel)
             if part in positives:
-                image, mask = _defective(rng, "bars", shape, ["crack"])
+                image, mask = _defective(rng, "bars", shape, ["crack"], defect_contrast)
             else:
                 (image, _), mask = _scene_image(rng, "bars", shape), np.zeros(shape, np.uint8)
+            distractor_rng = image_rng(seed, "ksdd", f"{rel}/distractors")
+            for _ in range(n_distractors):
+                shift = 0.8 * distractor_rng.uniform(0.4, 0.55)  # bright, where cracks are dark
+                image = add_distractor(distractor_rng, image, "scratch", shift)
             save_image(root / f"{rel}.jpg", image, grey=True)
             save_mask(root / f"{rel}_label.bmp", mask > 0)
 
@@ -254,8 +268,14 @@ def write_ksdd2(
     n_test_pos: int = 10,
     n_test_neg: int = 20,
     image_size: int | Sequence[int] = (176, 64),
+    defect_contrast: float = 0.5,
 ) -> None:
-    """`train/`, `test/` with `<id>.png` + `<id>_GT.png`, and the stray `train/10301 (copy)` pair."""
+    """`train/`, `test/` with `<id>.png` + `<id>_GT.png`, and the stray `train/10301 (copy)` pair.
+
+    Spots and scratches are faint (`defect_contrast` 0.25: a shift of 0.10–0.14 on a noise texture whose own
+    spread is about 0.1), so that in the demo SegDecNet trained on image labels alone (AP about 0.6) falls
+    clearly behind full supervision (about 0.95); at contrast 1 every supervision level reached AP 1.
+    """
     shape = image_shape(image_size)
     for split, first_id, n_pos, n_neg in (
         ("train", 10000, n_train_pos, n_train_neg),
@@ -266,7 +286,9 @@ def write_ksdd2(
             rel = f"{split}/{first_id + offset}"
             rng = image_rng(seed, "ksdd2", rel)
             if label:
-                image, mask = _defective(rng, "noise", shape, [("spot", "scratch")[offset % 2]])
+                image, mask = _defective(
+                    rng, "noise", shape, [("spot", "scratch")[offset % 2]], defect_contrast
+                )
             else:
                 (image, _), mask = _scene_image(rng, "noise", shape), np.zeros(shape, np.uint8)
             save_image(root / f"{rel}.png", image)
@@ -287,11 +309,16 @@ def write_dagm(
     n_test: int = 30,
     n_train_pos: int = 10,
     n_test_pos: int = 10,
+    defect_contrast: float = 0.15,
 ) -> None:
     """`Class{k}/{Train,Test}/NNNN.PNG` (grey); defective ones have `Label/NNNN_label.PNG` (filled ellipse).
 
     Test images are numbered from 0001 and train images continue after them, as in the real data; each
     `Label/Labels.txt` lists every image (index, defective, image, 0, label file or 0).
+    The ellipses are faint (`defect_contrast` 0.15: a brightness shift of 0.06–0.08 and a slightly flattened
+    texture, within the texture's own spread) so that the demo shows SegDecNet's trend: at contrast 1 every
+    supervision level reached AP 1 in the demo's 3 epochs; at 0.15 image labels alone stay near AP 0.6 while
+    5 and 10 pixel-labelled positives reach about 0.8 and 0.9 (mean of Class1 and Class2).
     """
     shape = image_shape(image_size)
     if n_train_pos > n_train or n_test_pos > n_test:
@@ -314,7 +341,7 @@ def write_dagm(
                 image = vary_lighting(rng, texture(rng, scene, shape, period), strength=0.6)
                 label_name = "0"
                 if offset in positives:
-                    image, mask = add_defect(rng, image, "ellipse")
+                    image, mask = add_defect(rng, image, "ellipse", contrast=defect_contrast)
                     label_name = f"{name}_label.PNG"
                     save_mask(root / category / split / "Label" / label_name, mask)
                 save_image(root / category / split / f"{name}.PNG", image, grey=True)
@@ -427,13 +454,17 @@ def _scene_image(
 
 
 def _defective(
-    rng: np.random.Generator, scene: Scene, shape: tuple[int, int], kinds: Sequence[str]
+    rng: np.random.Generator,
+    scene: Scene,
+    shape: tuple[int, int],
+    kinds: Sequence[str],
+    contrast: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A scene with one defect per kind; returns (image, uint8 map of 1-based kind ids, later ones on top)."""
     image, region = _scene_image(rng, scene, shape)
     class_map = np.zeros(shape, np.uint8)
     for kind in kinds:
-        image, mask = add_defect(rng, image, kind, region)
+        image, mask = add_defect(rng, image, kind, region, contrast)
         class_map[mask] = (VISA_DEFECTS.index(kind) + 1) if kind in VISA_DEFECTS else 1
     return image, class_map
 
