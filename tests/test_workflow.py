@@ -112,7 +112,7 @@ def test_runs_are_evaluated_and_tabulated(workdir: Path) -> None:
     iou = metrics[metrics["metric"] == "iou"].set_index("experiment")["value"]
     assert (
         iou["racam_ksdd2_racam"] > iou["racam_ksdd2_gradcam"] + 0.3
-    )  # measured 0.66 vs 0.03 (gate: prediction)
+    )  # measured 0.47 vs 0.02 (gate: prediction; 0.66 vs 0.03 before the defects were made fainter)
 
 
 def test_segdec_gains_from_each_step_of_supervision(workdir: Path) -> None:
@@ -120,9 +120,9 @@ def test_segdec_gains_from_each_step_of_supervision(workdir: Path) -> None:
     metrics = pd.read_csv(workdir / "results" / "metrics.csv")
     ap = metrics[metrics["metric"] == "i_ap"].set_index("experiment")["value"]
     weak, mixed, full = (ap[e] for e in SEGDEC[("dagm", "Class2")])
-    assert weak + 0.3 < mixed and mixed + 0.05 < full  # measured MEASURED_DAGM
+    assert weak + 0.3 < mixed and mixed + 0.05 < full  # measured AP 0.44 < 0.91 < 1.00
     weak, mixed, full = (ap[e] for e in SEGDEC[("ksdd", "fold0")])
-    assert weak + 0.1 < mixed and mixed + 0.1 < full  # measured MEASURED_KSDD
+    assert weak + 0.2 < mixed and mixed + 0.15 < full  # measured AP 0.41 < 0.77 < 1.00
 
 
 def test_nothing_changed_runs_nothing_and_one_deleted_metrics_reruns_one_evaluation(workdir: Path) -> None:
