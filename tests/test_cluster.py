@@ -52,10 +52,14 @@ def snakemake(work: Path, *args: str) -> str:
 
 
 def digests(root: Path) -> dict[str, str]:
+    """sha256 of every product (not logs, timings, or the per-run `.lock`, which records who held the run)."""
     return {
         str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted((root / "results").rglob("*"))
-        if path.is_file() and "logs" not in path.parts and not path.name.endswith(TIMED)
+        if path.is_file()
+        and "logs" not in path.parts
+        and path.name != ".lock"
+        and not path.name.endswith(TIMED)
     }
 
 
