@@ -132,7 +132,8 @@ def select(check: Check) -> list[selection.SmokeRun]:
         raise ValueError(f"no demo run matches {check.args.experiments}")
     runs = covering
     if check.device == "cpu":  # the smoke test: one run, the one the determinism step repeats
-        runs = [next(s for s in covering if s.run == checks.determinism_run(covering, check.config))]
+        chosen = checks.determinism_run(covering, check.config)
+        runs = [next(s for s in covering if s.run == chosen)]
     methods = sorted({r.method for r in runs})
     if check.device == "cuda":
         cases = selection.memory_cases(check.config)

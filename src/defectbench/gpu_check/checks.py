@@ -113,7 +113,8 @@ def _log_line(log: Path, markers: tuple[str, ...]) -> str | None:
 def determinism_run(runs: list[SmokeRun], config: Mapping[str, Any]) -> Run:
     """The cheapest chosen run of the first configured paper that has one (its own method), else the cheapest."""
     for paper in config["papers"]:
-        own = [s for s in runs if s.run.experiment in _paper_experiments(paper)]
+        paper_experiments = _paper_experiments(paper)
+        own = [s for s in runs if s.run.experiment in paper_experiments]
         if own:
             return min(own, key=lambda s: (run_cost(s.run, config), s.run)).run
     return min(runs, key=lambda s: (run_cost(s.run, config), s.run)).run
