@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,13 @@ from scipy import ndimage
 
 from defectbench.data.datasets import dataset_names
 from defectbench.data.images import decode_rle
-from defectbench.data.synthetic import MARKER_NAME, generator_options, synthesize
+from defectbench.data.synthetic import (
+    MARKER_NAME,
+    PACKAGE_DIR,
+    generator_options,
+    synthesize,
+    writer_code_version,
+)
 
 TINY = {
     "mvtec_ad": {"image_size": 48, "n_train": 3, "n_test_good": 2, "n_test_per_defect": 2},
@@ -245,3 +253,15 @@ def test_ksdd_parts_carry_bright_distractors(tmp_path: Path) -> None:
         image = label.with_name(label.name.replace("_label.bmp", ".jpg"))
         brighter = _grey(marked / image.relative_to(plain)) - _grey(image) > 40
         assert brighter.sum() >= 4, image  # a 2-pixel-wide scratch of at least a few pixels
+
+
+def test_writer_code_version_follows_the_writers_source(tmp_path: Path) -> None:
+    package = tmp_path / "synthetic"
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = writer_code_version(package)
+    assert before == writer_code_version(PACKAGE_DIR)
+    writers = package / "writers.py"
+    writers.write_text(writers.read_text() + "\n# a change to how data are drawn\n")
+    assert writer_code_version(package) != before
+    synthesize("ksdd2", tmp_path / "data", **TINY["ksdd2"])
+    assert json.loads((tmp_path / "data" / MARKER_NAME).read_text())["writer_code_version"] == before

@@ -7,6 +7,7 @@ from defectbench.data.acquire import require_manual_archives
 from defectbench.data.datasets import dataset_names
 from defectbench.data.registry import dataset_entry
 from defectbench.data.splits import protocols_for
+from defectbench.data.synthetic import writer_code_version
 from defectbench.data.locations import dataset_dir, is_synthetic
 from defectbench.experiments import (
     is_split_count,
@@ -107,6 +108,11 @@ def dataset_archives(wildcards):
         paths.ARCHIVE.format(dataset=wildcards.dataset, filename=archive["filename"])
         for archive in dataset_entry(wildcards.dataset)["archives"]
     ]
+
+
+def synthetic_writer_code(dataset):
+    """The synthetic writers' code version for a synthetic dataset; None for a real one (its archive decides)."""
+    return writer_code_version() if is_synthetic(dataset, config) else None
 
 
 def resolved_feature_settings(wildcards):

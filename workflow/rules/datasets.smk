@@ -42,6 +42,7 @@ rule prepare_dataset:
         synthetic=lambda wildcards: config["datasets"][wildcards.dataset].get(
             "synthetic"
         ),
+        writer_code=lambda wildcards: synthetic_writer_code(wildcards.dataset),  # new writer code: re-synthesize
         target=lambda wildcards: str(dataset_dir(wildcards.dataset, config)),
         archives=paths.ARCHIVES_DIR,
     script:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import shutil
@@ -19,6 +20,16 @@ from defectbench.data.registry import dataset_entry
 from defectbench.io import write_json
 
 MARKER_NAME = ".synthetic.json"  # written into dest; marks a folder synthesize may replace
+PACKAGE_DIR = Path(__file__).parent
+
+
+def writer_code_version(package_dir: Path = PACKAGE_DIR) -> str:
+    """Digest of the writers' source (this package's modules): a parameter of the workflow's prepare step, so that
+    a change to how synthetic data are drawn re-synthesizes them and re-runs what was trained on them."""
+    digest = hashlib.sha256()
+    for module in sorted(package_dir.glob("*.py")):
+        digest.update(module.name.encode() + b"\0" + module.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def generator_options(dataset: str) -> dict[str, Any]:
@@ -52,7 +63,12 @@ def synthesize(dataset: str, dest: str | Path, seed: int = 0, **sizes: Any) -> P
         writer(build / root_name, seed, **sizes)
         write_json(
             build / MARKER_NAME,
-            {"dataset": dataset, "seed": seed, "options": {**generator_options(dataset), **sizes}},
+            {
+                "dataset": dataset,
+                "seed": seed,
+                "options": {**generator_options(dataset), **sizes},
+                "writer_code_version": writer_code_version(),
+            },
         )
         if dest.exists():
             shutil.rmtree(dest)
