@@ -24,6 +24,7 @@ from defectbench.data.synthetic.formats import (
     write_voc_xml,
 )
 from defectbench.data.synthetic.procedural import (
+    TEXTURE_KINDS,
     ObjectSpec,
     add_defect,
     add_distractor,
@@ -421,6 +422,31 @@ def write_rdd2022(
             save_image(
                 root / country / "test" / "images" / name, road_scene(image_rng(seed, "rdd2022", name), shape)
             )
+
+
+def write_dtd(
+    root: Path,
+    seed: int,
+    *,
+    categories: Sequence[str] = ("banded", "chequered", "dotted", "marbled"),
+    n_per_category: int = 3,
+    image_size: int = 96,
+) -> None:
+    """`images/<class>/<class>_NNNN.jpg`, sides varying in [image_size, 1.5 × image_size] as DTD's do (300–640).
+
+    Each class is one procedural pattern (by its registry position) recoloured between two random colours per image,
+    so the textures are colourful and unlike the grey-brown defect-dataset scenes."""
+    classes = dataset_entry("dtd")["categories"]
+    for category in _check_categories("dtd", categories):
+        kind = TEXTURE_KINDS[classes.index(category) % len(TEXTURE_KINDS)]
+        for index in range(1, n_per_category + 1):
+            rel = f"images/{category}/{category}_{index:04d}.jpg"
+            rng = image_rng(seed, "dtd", rel)
+            shape = image_shape(tuple(int(v) for v in rng.integers(image_size, 3 * image_size // 2 + 1, 2)))
+            pattern = texture(rng, kind, shape, period=float(rng.uniform(4, image_size / 4))).mean(axis=2)
+            pattern = (pattern - pattern.min()) / max(float(np.ptp(pattern)), 1e-6)
+            dark, bright = rng.uniform(0, 1, (2, 3)).astype(np.float32)
+            save_image(root / rel, dark + (bright - dark) * pattern[..., None])
 
 
 def _write_road_images(
