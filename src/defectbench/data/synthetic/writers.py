@@ -106,6 +106,11 @@ RDD_IGNORED_CLASS = "D43"  # annotated in the real data, not used by the benchma
 RDD2020_COUNTRIES = ("Czech", "India", "Japan")
 RDD2022_COUNTRIES = ("Japan", "India", "Czech", "Norway", "United_States", "China_MotorBike", "China_Drone")
 SEVERSTAL_KINDS = {1: "spot", 2: "long_crack", 3: "scratch", 4: "pothole"}
+# DTD classes with a look-alike procedural pattern; the other classes take one by their registry position
+DTD_KINDS = {"banded": "bars", "striped": "bars", "lined": "streaks", "chequered": "grid", "grid": "grid",
+             "meshed": "grid", "woven": "weave", "knitted": "weave", "interlaced": "weave", "marbled": "wood",
+             "veined": "wood", "stratified": "wood", "blotchy": "noise", "stained": "noise", "porous": "asphalt",
+             "pitted": "asphalt"}  # fmt: skip
 
 
 def write_mvtec_ad(
@@ -428,24 +433,27 @@ def write_dtd(
     root: Path,
     seed: int,
     *,
-    categories: Sequence[str] = ("banded", "chequered", "dotted", "marbled"),
+    categories: Sequence[str] = ("banded", "blotchy", "chequered", "woven"),
     n_per_category: int = 3,
     image_size: int = 96,
 ) -> None:
     """`images/<class>/<class>_NNNN.jpg`, sides varying in [image_size, 1.5 × image_size] as DTD's do (300–640).
 
-    Each class is one procedural pattern (by its registry position) recoloured between two random colours per image,
-    so the textures are colourful and unlike the grey-brown defect-dataset scenes."""
+    Each class is one procedural pattern (DTD_KINDS, else by its registry position) recoloured between a dark and a
+    bright random colour per image, so the textures are colourful, contrasted and unlike the defect-dataset scenes."""
     classes = dataset_entry("dtd")["categories"]
     for category in _check_categories("dtd", categories):
-        kind = TEXTURE_KINDS[classes.index(category) % len(TEXTURE_KINDS)]
+        kind = DTD_KINDS.get(category) or TEXTURE_KINDS[classes.index(category) % len(TEXTURE_KINDS)]
         for index in range(1, n_per_category + 1):
             rel = f"images/{category}/{category}_{index:04d}.jpg"
             rng = image_rng(seed, "dtd", rel)
             shape = image_shape(tuple(int(v) for v in rng.integers(image_size, 3 * image_size // 2 + 1, 2)))
             pattern = texture(rng, kind, shape, period=float(rng.uniform(4, image_size / 4))).mean(axis=2)
             pattern = (pattern - pattern.min()) / max(float(np.ptp(pattern)), 1e-6)
-            dark, bright = rng.uniform(0, 1, (2, 3)).astype(np.float32)
+            dark, bright = (
+                rng.uniform(0, 0.45, 3).astype(np.float32),
+                rng.uniform(0.55, 1, 3).astype(np.float32),
+            )
             save_image(root / rel, dark + (bright - dark) * pattern[..., None])
 
 
