@@ -33,6 +33,7 @@ TINY = {
                    "image_size": (32, 200)}, (9, 7)),
     "rdd2020": ({"n_per_country": 5, "image_size": 48}, (15, 12)),
     "rdd2022": ({"countries": ["India", "China_Drone"], "n_per_country": 5, "image_size": 48}, (10, 8)),
+    "dtd": ({"categories": ["banded", "woven"], "n_per_category": 2, "image_size": 32}, (4, 0)),
 }  # fmt: skip
 
 
@@ -61,7 +62,8 @@ def test_manifest_contract(indexed: dict, dataset: str) -> None:
         assert (root / row.image).is_file()
         assert row.image_id == row.image.rsplit(".", 1)[0]
         assert (row.defect_type == "") == (row.label == 0)
-    expected_splits = {"ksdd": {"all"}, "severstal": {"train"}, "rdd2020": {"train"}, "rdd2022": {"train"}}
+    expected_splits = {"ksdd": {"all"}, "severstal": {"train"}, "rdd2020": {"train"}, "rdd2022": {"train"},
+                       "dtd": {"all"}}  # fmt: skip
     assert set(frame["split"]) == expected_splits.get(dataset, {"train", "test"})
 
 

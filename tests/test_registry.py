@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from defectbench.data.datasets import dataset_names, get_dataset
-from defectbench.data.registry import dataset_entry, dataset_root, load_registry
+from defectbench.data.registry import dataset_entry, dataset_role, dataset_root, load_registry
 from defectbench.data.synthetic import generator_options
 
 
 def test_registry_has_every_dataset_with_the_contract_keys() -> None:
     registry = load_registry()
     assert list(registry) == dataset_names() == [
-        "mvtec_ad", "visa", "btad", "ksdd", "ksdd2", "dagm", "severstal", "rdd2020", "rdd2022",
+        "mvtec_ad", "visa", "btad", "ksdd", "ksdd2", "dagm", "severstal", "rdd2020", "rdd2022", "dtd",
     ]  # fmt: skip
     for name, entry in registry.items():
         assert get_dataset(name).entry == entry
@@ -80,7 +80,22 @@ def test_dataset_root_joins_the_registry_root(tmp_path: Path) -> None:
     assert dataset_root("mvtec_ad", tmp_path) == tmp_path
 
 
-@pytest.mark.parametrize("dataset", ["mvtec_ad", "visa", "btad", "dagm"])
+def test_dtd_is_the_texture_source_with_the_reference_facts() -> None:
+    """DATASETS.md: the official archive and the sha256 anomalib's DRAEM loader checks; 47 classes × 120 images."""
+    dtd = dataset_entry("dtd")
+    assert [name for name in load_registry() if dataset_role(name) != "defects"] == ["dtd"]
+    assert dtd["archives"] == [{
+        "url": "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+        "filename": "dtd-r1.0.1.tar.gz",
+        "size": None,
+        "sha256": "e42855a52a4950a3b59612834602aa253914755c95b0cff9ead6d07395f8e205",
+    }]  # fmt: skip
+    assert len(dtd["categories"]) == len(set(dtd["categories"])) == 47
+    assert dtd["counts"]["total"]["images"] == 47 * 120
+    assert get_dataset("dtd").protocols == {}  # a texture source: no splits, hence no runs
+
+
+@pytest.mark.parametrize("dataset", ["mvtec_ad", "visa", "btad", "dagm", "dtd"])
 def test_generator_default_categories_are_registry_categories(dataset: str) -> None:
     assert set(generator_options(dataset)["categories"]) <= set(dataset_entry(dataset)["categories"])
 

@@ -35,6 +35,7 @@ TINY = {
                   "image_size": (32, 200)},
     "rdd2020": {"n_per_country": 3, "image_size": 48},
     "rdd2022": {"countries": ["Japan", "Norway"], "n_per_country": 3, "n_test_per_country": 1, "image_size": 48},
+    "dtd": {"categories": ["banded", "dotted"], "n_per_category": 3, "image_size": 32},
 }  # fmt: skip
 
 
@@ -189,6 +190,31 @@ def test_rdd_annotations_and_test_images(tmp_path: Path) -> None:
     assert not (root / "Norway/test/annotations").exists()
     root2020 = synthesize("rdd2020", tmp_path / "e", **TINY["rdd2020"])
     assert sorted(p.name for p in (root2020 / "train").iterdir()) == ["Czech", "India", "Japan"]
+
+
+def test_dtd_layout_varied_colourful_and_per_file(tmp_path: Path) -> None:
+    """DTD's own layout (images/<class>/<class>_NNNN.jpg, varied sizes); a file does not depend on the others."""
+    root = synthesize("dtd", tmp_path / "a", seed=2, categories=["banded", "zigzagged"], n_per_category=2,
+                      image_size=40)  # fmt: skip
+    assert root == tmp_path / "a" / "dtd"
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert files == [f"images/{c}/{c}_000{i}.jpg" for c in ("banded", "zigzagged") for i in (1, 2)]
+    sizes = set()
+    for name in files:
+        with Image.open(root / name) as image:
+            assert image.format == "JPEG" and image.mode == "RGB"
+            assert min(image.size) >= 40 and max(image.size) <= 60
+            sizes.add(image.size)
+            pixels = np.asarray(image, dtype=np.float32)
+        assert pixels.std(axis=(0, 1)).max() > 10  # a pattern, not a flat colour
+    assert len(sizes) > 1
+    alone = synthesize(
+        "dtd", tmp_path / "b", seed=2, categories=["zigzagged"], n_per_category=1, image_size=40
+    )
+    same = "images/zigzagged/zigzagged_0001.jpg"
+    assert (alone / same).read_bytes() == (root / same).read_bytes()
+    with pytest.raises(ValueError, match=r"valid:.*banded"):
+        synthesize("dtd", tmp_path / "c", categories=["carpet"])
 
 
 def test_defects_stand_out_and_normals_vary(tmp_path: Path) -> None:

@@ -79,7 +79,8 @@ def weakrest(carpet: dict, supervision: str, upstream: str | None = None, **over
     key = (supervision, upstream, tuple(sorted(overrides.items())))
     if key not in carpet["models"]:
         params = deep_merge(
-            method_params("weakrest", "mvtec_ad", "demo"), {"supervision": supervision, **overrides}
+            method_params("weakrest", "mvtec_ad", "demo"),  # procedural textures (DTD: test_dtd.py)
+            {"supervision": supervision, "anomaly": {"texture_source": "procedural"}, **overrides},
         )
         if supervision != "un":
             params["batch_mix"] = [2, 2, 1]

@@ -49,7 +49,11 @@ def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
     ]
     if lines:
         raise ConfigError(f"invalid config (schema {schema_path}):\n" + "\n".join(lines))
+    from defectbench.data.registry import dataset_role
+
     for name, settings in config["datasets"].items():
+        if dataset_role(name) == "defects" and "eval_size" not in settings:
+            raise ConfigError(f"invalid config: datasets.{name}: 'eval_size' is a required property")
         valid = get_dataset(name).units
         unknown = [c for c in settings["categories"] if c not in valid]
         if unknown:

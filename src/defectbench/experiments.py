@@ -117,6 +117,27 @@ def pretrain_units(
     ]
 
 
+def texture_dataset(params: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """The texture dataset (registry role `textures`, e.g. DTD) a method's synthetic anomalies draw from: params
+    `anomaly.texture_source`, `procedural` (or no anomaly block) = none; it must be configured under `datasets:`."""
+    from defectbench.data.registry import dataset_role, load_registry
+
+    source = (params.get("anomaly") or {}).get("texture_source")
+    if source in (None, "procedural"):
+        return None
+    valid = ["procedural", *(n for n in load_registry() if dataset_role(n) == "textures")]
+    if source not in valid:
+        raise ValueError(
+            f"anomaly.texture_source {source!r} is not a texture source; valid: {', '.join(valid)}"
+        )
+    if source not in config["datasets"]:
+        raise ValueError(
+            f"anomaly.texture_source names dataset {source!r}, which the config does not configure: add "
+            f"datasets.{source} (source: download, or synthetic for a demo) or set texture_source: procedural"
+        )
+    return source
+
+
 def _check_schema(path: Path, experiments: Mapping[str, Any]) -> None:
     """Every experiment of one file (defaults merged) against experiments.schema.yaml, all errors at once."""
     errors = sorted(
@@ -150,18 +171,22 @@ def run_settings(
     config_dir: Path = CONFIG_DIR,
 ) -> dict[str, Any]:
     """Every setting the results of a run of `experiment` on `dataset` depend on, resolved: the experiment entry,
-    the method's hyper-parameters (paper ← demo ← dataset ← experiment) and the dataset's settings (the same for
-    every category and seed). The rules pass it as a Snakemake param, so an edit re-runs exactly the runs it
-    changes, and its hash is metrics.json's `config_hash`."""
+    the method's hyper-parameters (paper ← demo ← dataset ← experiment), the dataset's settings (the same for
+    every category and seed) and those of its synthetic anomalies' texture dataset, if any. The rules pass it
+    as a Snakemake param, so an edit re-runs exactly the runs it changes, and its hash is metrics.json's `config_hash`."""
     entry = (experiments if experiments is not None else load_experiments(config_dir))[experiment]
     params = method_params(entry["method"], dataset, config["scale"], entry.get("params"), config_dir)
-    return {
+    settings = {
         "experiment": {k: v for k, v in entry.items() if k not in _PLACEMENT_KEYS["experiment"]},
         "params": params,
         "dataset": {
             k: v for k, v in config["datasets"][dataset].items() if k not in _PLACEMENT_KEYS["dataset"]
         },
     }
+    textures = texture_dataset(params, config)
+    if textures:  # its configured classes select the texture images the run draws from
+        settings["textures"] = {k: v for k, v in config["datasets"][textures].items() if k != "urls"}
+    return settings
 
 
 def settings_key(settings: Mapping[str, Any]) -> str:

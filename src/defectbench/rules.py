@@ -51,13 +51,15 @@ def _run(smk: Any) -> Any:
 
 
 def _run_inputs(smk: Any) -> Any:
-    """The run's declared inputs; `upstream` is an empty list for an experiment without one."""
+    """The run's declared inputs; `upstream` is an empty list for an experiment without one, `textures` the
+    texture dataset's (marker, manifest)."""
     from defectbench.run import RunInputs
 
     upstream = list(smk.input.upstream)
     features = list(smk.input.features)
     named = ("pretrain_ready", "pretrain_manifest", "pretrain_split", "pretrain_features")
     pretrain = [list(getattr(smk.input, name, [])) for name in named]
+    textures = [Path(p) for p in getattr(smk.input, "textures", [])]
     return RunInputs(
         Path(smk.input.dataset),
         Path(smk.input.manifest),
@@ -65,6 +67,7 @@ def _run_inputs(smk: Any) -> Any:
         Path(upstream[0]) if upstream else None,
         Path(features[0]) if features else None,
         tuple(tuple(Path(p) for p in unit) for unit in zip(*pretrain, strict=True)),
+        (textures[0], textures[1]) if textures else None,
     )
 
 

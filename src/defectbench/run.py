@@ -16,7 +16,14 @@ import pandas as pd
 from defectbench.data.images import DataError
 from defectbench.data.locations import is_synthetic, ready_root
 from defectbench.data.samples import Sample, load_samples
-from defectbench.experiments import CONFIG_DIR, load_experiments, method_params, pretrain_units, run_settings
+from defectbench.experiments import (
+    CONFIG_DIR,
+    load_experiments,
+    method_params,
+    pretrain_units,
+    run_settings,
+    texture_dataset,
+)
 from defectbench.io import write_csv, write_json, write_torch
 from defectbench.plan import Run
 from defectbench.predictions import Predictions
@@ -39,6 +46,8 @@ class RunInputs:
     )
     # per unit of `pretrain_on` (experiments.pretrain_units order): dataset marker, manifest, split, residual file
     pretrain: tuple[tuple[Path, Path, Path, Path], ...] = ()
+    # (dataset marker, manifest) of the texture dataset of the method's synthetic anomalies (anomaly.texture_source)
+    textures: tuple[Path, Path] | None = None
 
 
 class RunContext:
@@ -146,6 +155,18 @@ def _fitted_method(context: RunContext, device: Any, model: Path, fit: bool) -> 
                                        context.config["scale"])  # fmt: skip
     if fit and context.inputs.pretrain:
         method.pretrain = _pretrain_units(context, feature_set)
+    textures = texture_dataset(context.params, context.config)
+    if fit and textures:
+        from defectbench.data.textures import texture_files
+
+        if context.inputs.textures is None:
+            raise ValueError(
+                f"{run.experiment} draws textures from {textures!r} but no texture dataset was given"
+            )
+        ready, manifest = context.inputs.textures
+        method.textures = texture_files(
+            textures, ready, manifest, context.config["datasets"][textures]["categories"]
+        )
     if context.experiment.get("upstream"):
         if context.inputs.upstream_model is None:
             raise ValueError(f"{run.experiment} has an upstream experiment but no upstream model was given")

@@ -16,6 +16,7 @@ from defectbench.experiments import (
     pretrain_units,
     run_settings,
     settings_key,
+    texture_dataset,
 )
 from defectbench.methods.weights import required_weights, weights_files
 from defectbench.features.settings import feature_set_names, feature_settings
@@ -178,6 +179,18 @@ def pretrain_inputs(wildcards):
     }
 
 
+def texture_inputs(wildcards):
+    """The texture dataset (DTD) the run's synthetic anomalies draw from: its marker and manifest, so that it is
+    prepared and indexed first and a change to it re-runs the run."""
+    textures = texture_dataset(run_params(wildcards), config)
+    if not textures:
+        return []
+    return [
+        paths.DATASET_READY.format(dataset=textures),
+        paths.MANIFEST.format(dataset=textures),
+    ]
+
+
 def run_inputs(wildcards):
     experiment = EXPERIMENTS[wildcards.experiment]
     return {
@@ -189,5 +202,6 @@ def run_inputs(wildcards):
         "upstream": upstream_models(wildcards),
         "weights": run_weights(wildcards),
         "features": feature_files(wildcards),
+        "textures": texture_inputs(wildcards),
         **pretrain_inputs(wildcards),
     }

@@ -135,6 +135,13 @@ def _datasets() -> dict[str, Dataset]:
             splits.rdd_protocols(),
             writers.write_rdd2022,
         ),
+        Dataset(  # registry role `textures`: no split protocols, no runs (registry.yaml's dtd entry says why)
+            "dtd",
+            indexers.parse_dtd,
+            lambda d: _has_subdir(lambda c: c.name in dataset_entry("dtd")["categories"])(d / "images"),
+            {},
+            writers.write_dtd,
+        ),
     ]
     datasets = {d.name: d for d in by_name}
     registered = list(load_registry())

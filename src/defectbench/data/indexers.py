@@ -15,6 +15,8 @@ Defect-free images have an empty `defect_type`. Dataset specifics:
   silently; a class name outside both lists, and a box lying wholly outside its image, are dropped with a warning
   naming the annotation file (bad annotations in a 47,000-image dataset should not stop the benchmark).
 - VisA: `split` from `split_csv/1cls.csv` (or `1cls.csv`) in the root; `defect_type` from `image_anno.csv`.
+- DTD (a texture source, registry role `textures`): one defect-free row per `images/<class>/*.jpg`, `category` the
+  texture class, `split` `all`; folders that are not registry classes are ignored.
 """
 
 from __future__ import annotations
@@ -280,6 +282,17 @@ def parse_rdd2022(root: Path) -> list[Draft]:
         draft
         for country in countries
         for draft in _rdd_country(root, country / "train", country.name, "rdd2022")
+    ]
+
+
+def parse_dtd(root: Path) -> list[Draft]:
+    classes = set(_entry("dtd")["categories"])
+    images = _require_dir(root / "images")
+    return [
+        _draft(root, path, class_dir.name, "all", 0, "", None)
+        for class_dir in subdirs(images)
+        if class_dir.name in classes
+        for path in _images(class_dir, (".jpg", ".jpeg"))
     ]
 
 

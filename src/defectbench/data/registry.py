@@ -15,6 +15,7 @@ REQUIRED_KEYS = (
     "category_types", "counts",
 )  # fmt: skip
 ARCHIVE_KEYS = ("url", "filename", "size", "sha256")
+ROLES = ("defects", "textures")  # optional key `role`; absent = defects
 COUNT_KEYS = (
     "images", "normal", "anomalous", "train", "test",
     "train_normal", "train_anomalous", "test_normal", "test_anomalous",
@@ -32,6 +33,11 @@ def dataset_entry(name: str) -> dict[str, Any]:
     if name not in registry:
         raise KeyError(f"unknown dataset {name!r}; valid: {', '.join(registry)}")
     return copy.deepcopy(registry[name])
+
+
+def dataset_role(name: str) -> str:
+    """`defects` (a benchmark dataset) or `textures` (an image source with no splits or runs, e.g. DTD)."""
+    return dataset_entry(name).get("role", "defects")
 
 
 def dataset_root(name: str, extracted_dir: str | Path) -> Path:
@@ -55,6 +61,8 @@ def _validate(registry: dict[str, Any]) -> None:
             raise ValueError(f"{REGISTRY_PATH}: entry {name!r} lacks {missing}")
         if entry["access"] not in ("download", "manual"):
             raise ValueError(f"{REGISTRY_PATH}: {name}.access must be download or manual")
+        if entry.get("role", "defects") not in ROLES:
+            raise ValueError(f"{REGISTRY_PATH}: {name}.role must be one of {ROLES}")
         if entry["access"] == "manual" and not entry["manual_instructions"]:
             raise ValueError(f"{REGISTRY_PATH}: {name} is manual but has no manual_instructions")
         for archive in entry["archives"]:

@@ -27,6 +27,8 @@ class Method(abc.ABC):
     )
     # (samples, ResidualFile) of each unit a `pretrain_on` method trains on before its own, set by the runner
     pretrain: list[tuple[list[Sample], Any]] = []  # noqa: RUF012 (replaced, never mutated)
+    # the image files of the texture dataset (DTD) named by params `anomaly.texture_source`, set by the runner
+    textures: list[Path] | None = None
 
     def __init__(
         self, params: Mapping[str, Any], device: torch.device, seed: int, workdir: Path | None = None

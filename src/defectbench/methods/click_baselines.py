@@ -61,17 +61,21 @@ def load_published(
 
 
 def synthetic_anomalies(
-    normal: list[Sample], size: tuple[int, int], count: int, anomaly: dict[str, Any], seed: int
+    normal: list[Sample],
+    size: tuple[int, int],
+    count: int,
+    anomaly: dict[str, Any],
+    seed: int,
+    textures: list[Path] | None = None,
 ) -> list[tuple[Sample, np.ndarray, np.ndarray]]:
     """`count` MemSeg-style synthetic anomalies (WeakREST's generator) of the unit's normal training images at
-    `size`: (source sample, image uint8 (H, W, 3), mask bool (H, W))."""
-    from defectbench.methods.weakrest.anomalies import folder_textures, procedural_texture, synthesize_anomaly
+    `size`: (source sample, image uint8 (H, W, 3), mask bool (H, W)); `textures` the method's (Method.textures)."""
+    from defectbench.methods.weakrest.anomalies import synthesize_anomaly, texture_source
 
     if not normal:
         raise ValueError("synthetic anomalies need the unit's normal training images; the split has none")
     rng = np.random.default_rng(seed)
-    source = anomaly["texture_source"]
-    texture = procedural_texture if source == "procedural" else folder_textures(source)
+    texture = texture_source(anomaly["texture_source"], textures)
     made = []
     for index in rng.permutation(count) % len(normal):
         image, mask = synthesize_anomaly(normal[index].read_image(size), rng, texture, anomaly)
@@ -146,7 +150,7 @@ class FinetunedClickMethod(InteractiveMethod):
         normal = [s for s in train if s.label == 0]
         size = (self.input_size, self.input_size)
         count = round(float(self.params["schedule"]["synthetic_per_normal"]) * len(normal))
-        made = synthetic_anomalies(normal, size, count, self.params["anomaly"], self.seed)
+        made = synthetic_anomalies(normal, size, count, self.params["anomaly"], self.seed, self.textures)
         items = [
             ClickItem(to_input(image, self.input_size), mask, None) for _, image, mask in made if mask.any()
         ]

@@ -24,6 +24,7 @@ from defectbench.data.synthetic.formats import (
     write_voc_xml,
 )
 from defectbench.data.synthetic.procedural import (
+    TEXTURE_KINDS,
     ObjectSpec,
     add_defect,
     add_distractor,
@@ -105,6 +106,11 @@ RDD_IGNORED_CLASS = "D43"  # annotated in the real data, not used by the benchma
 RDD2020_COUNTRIES = ("Czech", "India", "Japan")
 RDD2022_COUNTRIES = ("Japan", "India", "Czech", "Norway", "United_States", "China_MotorBike", "China_Drone")
 SEVERSTAL_KINDS = {1: "spot", 2: "long_crack", 3: "scratch", 4: "pothole"}
+# DTD classes with a look-alike procedural pattern; the other classes take one by their registry position
+DTD_KINDS = {"banded": "bars", "striped": "bars", "lined": "streaks", "chequered": "grid", "grid": "grid",
+             "meshed": "grid", "woven": "weave", "knitted": "weave", "interlaced": "weave", "marbled": "wood",
+             "veined": "wood", "stratified": "wood", "blotchy": "noise", "stained": "noise", "porous": "asphalt",
+             "pitted": "asphalt"}  # fmt: skip
 
 
 def write_mvtec_ad(
@@ -421,6 +427,34 @@ def write_rdd2022(
             save_image(
                 root / country / "test" / "images" / name, road_scene(image_rng(seed, "rdd2022", name), shape)
             )
+
+
+def write_dtd(
+    root: Path,
+    seed: int,
+    *,
+    categories: Sequence[str] = ("banded", "blotchy", "chequered", "woven"),
+    n_per_category: int = 3,
+    image_size: int = 96,
+) -> None:
+    """`images/<class>/<class>_NNNN.jpg`, sides varying in [image_size, 1.5 × image_size] as DTD's do (300–640).
+
+    Each class is one procedural pattern (DTD_KINDS, else by its registry position) recoloured between a dark and a
+    bright random colour per image, so the textures are colourful, contrasted and unlike the defect-dataset scenes."""
+    classes = dataset_entry("dtd")["categories"]
+    for category in _check_categories("dtd", categories):
+        kind = DTD_KINDS.get(category) or TEXTURE_KINDS[classes.index(category) % len(TEXTURE_KINDS)]
+        for index in range(1, n_per_category + 1):
+            rel = f"images/{category}/{category}_{index:04d}.jpg"
+            rng = image_rng(seed, "dtd", rel)
+            shape = image_shape(tuple(int(v) for v in rng.integers(image_size, 3 * image_size // 2 + 1, 2)))
+            pattern = texture(rng, kind, shape, period=float(rng.uniform(4, image_size / 4))).mean(axis=2)
+            pattern = (pattern - pattern.min()) / max(float(np.ptp(pattern)), 1e-6)
+            dark, bright = (
+                rng.uniform(0, 0.45, 3).astype(np.float32),
+                rng.uniform(0.55, 1, 3).astype(np.float32),
+            )
+            save_image(root / rel, dark + (bright - dark) * pattern[..., None])
 
 
 def _write_road_images(

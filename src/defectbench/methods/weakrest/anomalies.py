@@ -3,12 +3,14 @@ texture (pluggable source) or with the image itself scrambled ("structure" branc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from scipy import ndimage
+
+from defectbench.data.images import DataError
 
 TextureSource = Callable[[np.random.Generator, tuple[int, int]], np.ndarray]
 
@@ -67,21 +69,35 @@ def procedural_texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.n
     return (colors[0] * (1 - t) + colors[1] * t).astype(np.uint8)
 
 
-def folder_textures(directory: Path) -> TextureSource:
-    """Textures from a folder of images (e.g. DTD's `images/`), one drawn at random and resized."""
-    files = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+def image_textures(files: Sequence[Path]) -> TextureSource:
+    """Textures from image files (a texture dataset's, e.g. DTD's), one drawn at random and resized to the image,
+    as MemSeg and DRAEM resize a whole DTD image."""
+    files = list(files)
     if not files:
-        from defectbench.data.images import DataError
-
-        raise DataError(
-            f"no texture images under {directory}; extract DTD there or use texture_source: procedural"
-        )
+        raise ValueError("image_textures needs at least one texture image")
 
     def draw(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-        with Image.open(files[int(rng.integers(len(files)))]) as img:
-            return np.asarray(img.convert("RGB").resize((shape[1], shape[0]), Image.BILINEAR))
+        path = files[int(rng.integers(len(files)))]
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB").resize((shape[1], shape[0]), Image.BILINEAR))
+        except (OSError, SyntaxError) as err:
+            raise DataError(f"texture image {path} is unreadable ({err}): prepare its dataset again") from err
 
     return draw
+
+
+def texture_source(name: str, files: Sequence[Path] | None) -> TextureSource:
+    """The config's `texture_source`: `procedural`, or a texture dataset (DTD) whose image `files` the runner
+    resolved from the workflow's prepared copy (Method.textures)."""
+    if name == "procedural":
+        return procedural_texture
+    if not files:
+        raise ValueError(
+            f"texture_source {name!r} needs the images of that texture dataset, which the workflow resolves "
+            "(Method.textures): run the method through the workflow, or use texture_source: procedural"
+        )
+    return image_textures(files)
 
 
 def _ops() -> list[Callable[[Image.Image, np.random.Generator], Image.Image]]:

@@ -18,7 +18,7 @@ from defectbench.data import weak_labels
 from defectbench.data.samples import Sample
 from defectbench.features.stage import load_residual_model
 from defectbench.methods.base import Method, Predictions, register
-from defectbench.methods.weakrest.anomalies import folder_textures, procedural_texture, synthesize_anomaly
+from defectbench.methods.weakrest.anomalies import synthesize_anomaly, texture_source
 from defectbench.methods.weakrest.foreground import ForegroundEstimator
 from defectbench.methods.weakrest.loss import UNKNOWN, resmixmatch_loss
 from defectbench.methods.weakrest.model import ResidualTransformer, residual_tokens
@@ -114,11 +114,7 @@ class WeakREST(Method):
                 (0, *file.residuals.shape[1:3]), np.int8
             )
         rng = np.random.default_rng(self.seed)
-        texture = (
-            procedural_texture
-            if a["texture_source"] == "procedural"
-            else folder_textures(a["texture_source"])
-        )
+        texture = texture_source(a["texture_source"], self.textures)
         model = load_residual_model(file, self.device)
         train_index = {image_id: i for i, image_id in enumerate(file.arrays["train_ids"])}
         residuals, labels = [], []
