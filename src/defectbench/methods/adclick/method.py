@@ -79,7 +79,7 @@ class ADClick(InteractiveMethod):
         grid = self.features.residuals.shape[1:3]
         size = (grid[0] * stride, grid[1] * stride)
         normal = [s for s in train if s.label == 0]
-        count = round(float(self.params["synthetic_per_normal"]) * len(normal))
+        count = round(float(self.params["anomaly"]["per_normal"]) * len(normal))
         made = synthetic_anomalies(normal, size, count, self.params["anomaly"], self.seed, self.textures)
         model = load_residual_model(self.features, self.device)
         train_index = {image_id: i for i, image_id in enumerate(self.features.arrays["train_ids"])}
