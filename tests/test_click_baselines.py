@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -351,7 +352,7 @@ def test_every_method_takes_its_synthetic_anomalies_from_the_one_shared_block() 
 
     from defectbench.experiments import _scaled
 
-    shared = yaml.safe_load(open("config/anomalies.yaml"))["memseg"]
+    shared = yaml.safe_load(Path("config/anomalies.yaml").read_text())["memseg"]
     for scale in ("paper", "demo"):
         for dataset in ("mvtec_ad", "btad", "ksdd2"):
             expected = _scaled(shared, "config/anomalies.yaml", dataset, scale)
@@ -363,7 +364,10 @@ def test_every_method_takes_its_synthetic_anomalies_from_the_one_shared_block() 
     assert method_params("gpcis", "btad", "paper")["anomaly"]["min_component_px"] == 50
     assert method_params("simpleclick", "btad", "demo")["anomaly"]["min_component_px"] == 2
     # an experiment's override reaches the method's block (WeakREST Table VI)
-    assert method_params("weakrest", "mvtec_ad", "demo", {"anomaly": {"eps_pos": 0.25}})["anomaly"]["eps_pos"] == 0.25
+    assert (
+        method_params("weakrest", "mvtec_ad", "demo", {"anomaly": {"eps_pos": 0.25}})["anomaly"]["eps_pos"]
+        == 0.25
+    )
 
 
 def test_synthetic_anomaly_settings_are_checked_against_their_schema(tmp_path) -> None:
@@ -377,14 +381,18 @@ def test_synthetic_anomaly_settings_are_checked_against_their_schema(tmp_path) -
     shutil.copy("config/anomalies.yaml", tmp_path / "anomalies.yaml")
 
     def method_with(anomaly) -> dict:
-        spec = yaml.safe_load(open("config/methods/gpcis.yaml"))
+        spec = yaml.safe_load(Path("config/methods/gpcis.yaml").read_text())
         spec["paper"]["anomaly"] = anomaly
         (tmp_path / "methods" / "gpcis.yaml").write_text(yaml.safe_dump(spec))
         return method_params("gpcis", "mvtec_ad", "paper", config_dir=tmp_path)["anomaly"]
 
-    assert method_with({"generator": "memseg", "blend_min": 0.7})["blend_min"] == 0.7  # a cited override applies
+    assert (
+        method_with({"generator": "memseg", "blend_min": 0.7})["blend_min"] == 0.7
+    )  # a cited override applies
     copied = method_with({"generator": "memseg"})
-    with pytest.raises(ValueError, match=r"gpcis.yaml: anomaly must name its synthetic-anomaly generator.*memseg"):
+    with pytest.raises(
+        ValueError, match=r"gpcis.yaml: anomaly must name its synthetic-anomaly generator.*memseg"
+    ):
         method_with(copied)
     with pytest.raises(ValueError, match="known: memseg"):
         method_with({"generator": "draem"})
@@ -392,7 +400,7 @@ def test_synthetic_anomaly_settings_are_checked_against_their_schema(tmp_path) -
         method_with({"generator": "memseg", "perlin_treshold": 0.4})
     with pytest.raises(ValueError, match=r"\n  blend_min: 1.5 is greater than the maximum of 1"):
         method_with({"generator": "memseg", "blend_min": 1.5})
-    shared = yaml.safe_load(open("config/anomalies.yaml"))
+    shared = yaml.safe_load(Path("config/anomalies.yaml").read_text())
     shared["memseg"]["paper"]["min_component_px"] = "250 px"
     del shared["memseg"]["paper"]["per_normal"]
     (tmp_path / "anomalies.yaml").write_text(yaml.safe_dump(shared))
