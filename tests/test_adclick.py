@@ -274,7 +274,10 @@ def finetuned_adclick(units: dict, workdir: Path, seed: int = 0) -> ADClick:
     from defectbench.experiments import method_params
     from defectbench.methods.adclick import method as adclick
 
-    overrides = {"finetune": True}
+    overrides = {
+        "finetune": True,
+        "anomaly": {"texture_source": "procedural"},
+    }  # as measured (DTD: test_dtd.py)
     model = adclick.ADClick(
         method_params("adclick", "mvtec_ad", "demo", overrides), torch.device("cpu"), seed, workdir
     )
