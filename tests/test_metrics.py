@@ -149,6 +149,25 @@ def test_pro_diagonal_regions_are_one_region_and_single_pixels_count() -> None:
     assert reference_pro_auc(maps, masks) == pytest.approx(expected, abs=1e-12)
 
 
+def test_pro_of_a_perfect_map_is_exactly_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3×3 region of nine distinct scores: its weights 1/9 sum to 1 + 2e-16 in floating point, and the sweep's cap
+    (`min(1, ·)`) makes PRO exactly 1; a map that is not perfect gets the same value with and without the cap."""
+    from defectbench.metrics import sweep
+
+    masks = np.zeros((1, 5, 5), dtype=bool)
+    masks[0, 1:4, 1:4] = True
+    perfect = np.zeros((1, 5, 5), dtype=np.float32)
+    perfect[0, 1:4, 1:4] = np.linspace(0.5, 1.0, 9).reshape(3, 3)
+    imperfect = perfect.copy()
+    imperfect[0, 0, 0] = 0.75  # a normal pixel above four of the region's: FPR 1/16 before they are found
+    capped = pro_auc(perfect, masks), pro_auc(imperfect, masks)
+    monkeypatch.setattr(sweep, "min", lambda _one, value: value, raising=False)  # the cap removed
+    uncapped = pro_auc(perfect, masks), pro_auc(imperfect, masks)
+    assert capped[0] == 1.0 and uncapped[0] > 1.0  # measured 1.0000000000000002
+    assert capped[1] == uncapped[1] == pytest.approx(reference_pro_auc(imperfect, masks), abs=1e-12)
+    assert capped[1] < 1.0
+
+
 def test_pro_all_equal_scores_and_no_regions() -> None:
     maps = np.full((3, 5, 5), 0.5, dtype=np.float16)
     masks = np.zeros((3, 5, 5), dtype=bool)

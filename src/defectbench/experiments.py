@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from defectbench.config import yaml_error_message
 
 CONFIG_DIR = Path("config")
 SCHEMA_PATH = Path("workflow/schemas/experiments.schema.yaml")
+ANOMALY_SCHEMA_PATH = Path("workflow/schemas/anomalies.schema.yaml")
+ANOMALY_KEY = "anomaly"  # a method's synthetic-anomaly block: `{generator: <name of config/anomalies.yaml>}`
 DEFAULTS_KEY = "defaults"  # a file's block merged into each of its experiments (the experiment's keys win)
 
 
@@ -80,19 +82,63 @@ def method_params(
     overrides: Mapping[str, Any] | None = None,
     config_dir: Path = CONFIG_DIR,
 ) -> dict[str, Any]:
-    """Resolved hyper-parameters: paper ← demo (scale demo) ← datasets[<dataset>] ← experiment overrides."""
+    """Resolved hyper-parameters: paper ← demo (scale demo) ← datasets[<dataset>] ← experiment overrides; the
+    synthetic-anomaly block (`anomaly: {generator: ...}`) resolved from config/anomalies.yaml."""
     path = config_dir / "methods" / f"{method}.yaml"
     if not path.exists():
         raise ValueError(f"no hyper-parameter file {path} for method {method!r}")
-    spec = read_yaml(path)
+    params = deep_merge(_scaled(read_yaml(path), path, dataset, scale), overrides or {})
+    if ANOMALY_KEY in params:
+        params[ANOMALY_KEY] = anomaly_settings(
+            params[ANOMALY_KEY], dataset, scale, f"{path}: {ANOMALY_KEY}", config_dir
+        )
+    return params
+
+
+def _scaled(spec: Mapping[str, Any], path: Path, dataset: str, scale: str) -> dict[str, Any]:
+    """`paper:` ← `demo:` (scale demo) ← their `datasets:` entry of `dataset`."""
     if "paper" not in spec:
         raise ValueError(f"{path} lacks the `paper:` block")
-    params = spec["paper"]
+    params = dict(spec["paper"])
     if scale == "demo":
         params = deep_merge(params, spec.get("demo") or {})
     per_dataset = params.pop("datasets", None) or {}
-    params = deep_merge(params, per_dataset.get(dataset, {}))
-    return deep_merge(params, overrides or {})
+    return deep_merge(params, per_dataset.get(dataset, {}))
+
+
+def anomaly_settings(
+    block: Any, dataset: str, scale: str, where: str, config_dir: Path = CONFIG_DIR
+) -> dict[str, Any]:
+    """A method's synthetic-anomaly settings: the generator it names in config/anomalies.yaml (the one source of
+    truth, checked against its schema), updated with the method's own keys (a paper-cited override or WeakREST's
+    block-label thresholds); the result checked against the schema's `resolved` definition."""
+    path = config_dir / "anomalies.yaml"
+    schema = yaml.safe_load(ANOMALY_SCHEMA_PATH.read_text())
+    generators = read_yaml(path)
+    _raise_errors(
+        jsonschema.Draft202012Validator(schema).iter_errors(generators),
+        f"{path} does not match {ANOMALY_SCHEMA_PATH.name}",
+    )
+    if not isinstance(block, Mapping) or block.get("generator") not in generators:
+        raise ValueError(
+            f"{where} must name its synthetic-anomaly generator of {path} ({{generator: <name>}}; known: "
+            f"{', '.join(generators)}), not {block!r}; copy no setting of it into the method's config"
+        )
+    own = {k: v for k, v in block.items() if k != "generator"}
+    settings = deep_merge(_scaled(generators[block["generator"]], path, dataset, scale), own)
+    resolved = {"$ref": "#/$defs/resolved", "$defs": schema["$defs"]}
+    _raise_errors(
+        jsonschema.Draft202012Validator(resolved).iter_errors(settings), f"{where} (resolved with {path})"
+    )
+    return settings
+
+
+def _raise_errors(errors: Iterator[jsonschema.ValidationError], what: str) -> None:
+    """One ValueError listing every schema error by its key path, or nothing."""
+    ordered = sorted(errors, key=lambda e: list(map(str, e.absolute_path)))
+    lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in ordered]
+    if lines:
+        raise ValueError(f"{what}:\n" + "\n".join(lines))
 
 
 @cache

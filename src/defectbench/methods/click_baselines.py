@@ -149,7 +149,7 @@ class FinetunedClickMethod(InteractiveMethod):
             return []  # used as published: no training on anomalies
         normal = [s for s in train if s.label == 0]
         size = (self.input_size, self.input_size)
-        count = round(float(self.params["schedule"]["synthetic_per_normal"]) * len(normal))
+        count = round(float(self.params["anomaly"]["per_normal"]) * len(normal))
         made = synthetic_anomalies(normal, size, count, self.params["anomaly"], self.seed, self.textures)
         items = [
             ClickItem(to_input(image, self.input_size), mask, None) for _, image, mask in made if mask.any()

@@ -17,10 +17,35 @@ from defectbench.methods.base import register
 from defectbench.methods.interactive import InteractiveMethod
 from defectbench.metrics.clicks import ClickModel
 
+# the fine-tuned variant's leave-one-category-out pre-training, in the run's workdir (removed once fine-tuned)
+PRETRAIN_CHECKPOINT = "pretrain.pt"
+
 
 def residual_input(residual: np.ndarray) -> torch.Tensor:
     """The network input of one (h, w, d) signed residual: its square (notes: 'squared'), channels first."""
     return torch.from_numpy(np.square(residual, dtype=np.float32)).permute(2, 0, 1).contiguous()
+
+
+class TrainedFor:
+    """What an ADClick checkpoint learnt from: the unit it labels, the units it pre-trains on (leave-one-category-out)
+    and the phase; saved in the checkpoint, so that one of another unit or phase is refused, never resumed."""
+
+    def __init__(self, target: tuple[str, str], pretrain: list[tuple[str, str]], phase: str):
+        self.state = {
+            "target": "/".join(target),
+            "pretrain": sorted("/".join(u) for u in pretrain),
+            "phase": phase,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state != self.state:
+            raise DataError(
+                f"it holds the {state.get('phase')} of {state.get('target')} trained on {state.get('pretrain')}, "
+                f"not the {self.state['phase']} of {self.state['target']} trained on {self.state['pretrain']}"
+            )
 
 
 @register("adclick")
@@ -54,17 +79,19 @@ class ADClick(InteractiveMethod):
                 "configure more categories of that dataset"
             )
         self.net = self._network(items[0].residual.shape[0], int(self.features.settings["stride"]))
+        target, pretrained_on = self._unit(self.features), [unit for unit, _, _ in units]
         if not self.params.get("finetune"):
             return fit_click_net(
                 self.net, items, self.words, self._train_params(), self.seed, self.device,
-                self.checkpoint_path,
+                self.checkpoint_path, provenance=TrainedFor(target, pretrained_on, "pre-training"),
             )  # fmt: skip
-        pretrain = self.workdir / "pretrain.pt" if self.workdir else None
+        pretrain = self.workdir / PRETRAIN_CHECKPOINT if self.workdir else None
         log = [{**row, "phase": 0} for row in fit_click_net(self.net, items, self.words, self._train_params(),
-               self.seed, self.device, pretrain, "adclick pretrain")]  # fmt: skip
+               self.seed, self.device, pretrain, "adclick pretrain", TrainedFor(target, pretrained_on, "pre-training"))]  # fmt: skip
         self.net.train()
         log += [{**row, "phase": 1} for row in fit_click_net(self.net, self._synthetic_items(train), self.words,
-                self._train_params(), self.seed + 1, self.device, self.checkpoint_path, "adclick fine-tune")]  # fmt: skip
+                self._train_params(), self.seed + 1, self.device, self.checkpoint_path, "adclick fine-tune",
+                TrainedFor(target, pretrained_on, "fine-tuning"))]  # fmt: skip
         if pretrain is not None:  # the pre-training checkpoint (the runner removes checkpoint_path)
             pretrain.unlink(missing_ok=True)
         return log
@@ -79,7 +106,7 @@ class ADClick(InteractiveMethod):
         grid = self.features.residuals.shape[1:3]
         size = (grid[0] * stride, grid[1] * stride)
         normal = [s for s in train if s.label == 0]
-        count = round(float(self.params["synthetic_per_normal"]) * len(normal))
+        count = round(float(self.params["anomaly"]["per_normal"]) * len(normal))
         made = synthetic_anomalies(normal, size, count, self.params["anomaly"], self.seed, self.textures)
         model = load_residual_model(self.features, self.device)
         train_index = {image_id: i for i, image_id in enumerate(self.features.arrays["train_ids"])}

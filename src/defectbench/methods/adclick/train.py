@@ -107,9 +107,11 @@ def fit_click_net(
     device: torch.device,
     checkpoint: Path | None = None,
     desc: str = "adclick",
+    provenance: Any = None,
 ) -> list[dict[str, float]]:
     """Iterative training (RITM): a first click, then 0..max_next_clicks clicks from the network's own errors
-    without gradient, then one step of normalised focal loss; AdamW and an exponential moving average."""
+    without gradient, then one step of normalised focal loss; AdamW and an exponential moving average.
+    `provenance` (state_dict/load_state_dict) is saved in the checkpoint and checks the one resumed from."""
     if not items:
         raise ValueError("ADClick needs defective training images (real or synthetic) with masks")
     net.to(device).train()
@@ -136,7 +138,8 @@ def fit_click_net(
                         target.copy_(source)
         return {"loss": float(np.mean(losses))}
 
-    state = {"net": net, "ema": ema, "optimizer": optimizer, "rng": rng}
+    state = {"provenance": provenance} if provenance is not None else {}  # checked first, before any weight
+    state |= {"net": net, "ema": ema, "optimizer": optimizer, "rng": rng}
     log = EpochLoop(int(params["epochs"]), checkpoint, desc=desc).run(state, epoch)
     net.load_state_dict(ema.state_dict())
     return log.copy()

@@ -74,7 +74,7 @@ class WeakREST(Method):
         "steps_per_epoch", "batch_mix", "lr", "weight_decay", "ema_decay", "focal_alpha", "focal_alpha_u",
         "focal_gamma", "mask_probability", "jitter", "augmentations", "sharpen_temperature",
         "mixup_alpha", "lambda_u", "lambda_u_ramp", "eps_pos", "eps_neg", "box_jitter", "pixel_labelled",
-        "synthetic_per_normal", "anomaly", "foreground", "gaussian_sigma",
+        "anomaly", "foreground", "gaussian_sigma",
     )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -107,8 +107,8 @@ class WeakREST(Method):
         self, file: Any, normal: list[Sample], size: tuple[int, int], stride: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Synthetic anomalies of the normal training images: residuals (n, h, w, d) float16 and block labels."""
-        p, a = self.params, self.params["anomaly"]
-        count = round(p["synthetic_per_normal"] * len(normal))
+        a = self.params["anomaly"]
+        count = round(a["per_normal"] * len(normal))
         if count == 0:
             return np.zeros((0, *file.residuals.shape[1:]), np.float16), np.zeros(
                 (0, *file.residuals.shape[1:3]), np.int8
