@@ -94,7 +94,12 @@ def test_block_labels_partial_edge_blocks_use_their_valid_pixels():
 
 def test_box_and_image_block_labels():
     filled = wl.box_mask(np.array([[5, 0, 6, 1]]), (8, 16))
-    np.testing.assert_array_equal(wl.box_block_labels(filled, block=4), [[0, -1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(wl.box_block_labels(filled, 4, outside=1.0), [[0, -1, 0, 0], [0, 0, 0, 0]])
+    # Sec. III-D1: a block mostly outside the boxes is normal; half outside is normal at outside = 0.5
+    half = wl.box_mask(np.array([[2, 0, 8, 4], [8, 4, 11, 8]]), (8, 16))
+    np.testing.assert_array_equal(wl.box_block_labels(half, 4, outside=0.5), [[0, -1, 0, 0], [0, 0, -1, 0]])
+    with pytest.raises(ValueError, match="outside"):
+        wl.box_block_labels(half, 4, outside=0.0)
     np.testing.assert_array_equal(wl.image_block_labels(filled, block=8), [[-1, -1]])
     np.testing.assert_array_equal(wl.image_block_labels(np.zeros((8, 16)), block=8), [[0, 0]])
 

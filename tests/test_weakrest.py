@@ -1,7 +1,7 @@
 """WeakREST learns: on synthetic MVTec-format data with random backbones it beats PatchCore with pixel and block
 labels, and the LDA foreground separates an object from a flat background. Margins were measured (see each
-assertion). Box and image labels (ResMixMatch) do not beat these baselines at demo scale (measured, see the method
-config): no test claims they do."""
+assertion). Box and image labels (ResMixMatch) do not beat PatchCore / the synthetic-only model reliably at demo
+scale (per-seed numbers and the reason: the method config, above `eps_pos`): no test claims they do."""
 
 from __future__ import annotations
 
@@ -93,14 +93,17 @@ def weakrest(carpet: dict, supervision: str, upstream: str | None = None, **over
     return carpet["models"][key]
 
 
-def test_pixel_labels_beat_patchcore(carpet: dict) -> None:
-    ap = pixel_ap(weakrest(carpet, "pixel"), carpet["test"])
+def test_pixel_and_block_labels_beat_patchcore(carpet: dict) -> None:
+    """Pixel masks reach the block-wise network as Eq. 15's block labels, the block setting's own labels: one
+    trained model answers for both settings (the test checks that their labels are the same)."""
+    sample = next(s for s in carpet["subsets"]["supervised10"]["train"] if s.label == 1)
+    params, rng = method_params("weakrest", "mvtec_ad", "demo"), np.random.default_rng(0)
+    np.testing.assert_array_equal(
+        real_block_labels(sample, "pixel", params, SIZE, 8, rng),
+        real_block_labels(sample, "block", params, SIZE, 8, rng),
+    )
+    ap = pixel_ap(weakrest(carpet, "block"), carpet["test"])
     assert ap > carpet["patchcore"] + 0.05, (ap, carpet["patchcore"])  # measured: 0.47 vs 0.37
-
-
-def test_block_labels_still_beat_patchcore(carpet: dict) -> None:
-    block = pixel_ap(weakrest(carpet, "block"), carpet["test"])
-    assert block > carpet["patchcore"] + 0.05, (block, carpet["patchcore"])  # measured: 0.47 vs 0.37
 
 
 def test_predict_reports_latency_and_maps_at_eval_size(carpet: dict) -> None:
@@ -152,22 +155,30 @@ def test_lda_foreground_separates_object_from_flat_background(tmp_path: Path) ->
 
 
 def test_weak_labels_of_real_defects() -> None:
-    """Box and image labels leave the defect unknown and the outside normal; pixel labels mark it defective."""
+    """Box and image labels leave the defect unknown and the outside normal; pixel labels mark it defective. A block
+    straddling the box edge is normal when at least `box_outside` of it lies outside the box (Sec. III-D1)."""
 
     class FakeSample:
+        def __init__(self, right: int):
+            self.right = right
+
         def read_mask(self, size):
             mask = np.zeros(size, bool)
-            mask[16:32, 16:40] = True
+            mask[16:32, 16 : self.right] = True
             return mask
 
-    params = {"eps_pos": 0.5, "eps_neg": 0.1, "box_jitter": 0}
+    params = method_params("weakrest", "mvtec_ad", "paper")
+    assert params["box_outside"] == 0.5 and params["box_jitter"] == 0
     rng = np.random.default_rng(0)
-    pixel = real_block_labels(FakeSample(), "pixel", params, SIZE, 8, rng)
-    bbox = real_block_labels(FakeSample(), "bbox", params, SIZE, 8, rng)
-    image = real_block_labels(FakeSample(), "image", params, SIZE, 8, rng)
+    pixel = real_block_labels(FakeSample(40), "pixel", params, SIZE, 8, rng)
+    bbox = real_block_labels(FakeSample(40), "bbox", params, SIZE, 8, rng)
+    image = real_block_labels(FakeSample(40), "image", params, SIZE, 8, rng)
     assert pixel[2:4, 2:5].min() == 1 and pixel[0, 0] == 0
     assert (bbox[2:4, 2:5] == UNKNOWN).all() and bbox[0, 0] == 0 and bbox.max() == 0
     assert (image == UNKNOWN).all()
+    # the box reaches 3 (then 5) of the 8 pixel columns of block column 5: mostly outside, then mostly inside
+    assert (real_block_labels(FakeSample(43), "bbox", params, SIZE, 8, rng)[2:4, 5] == 0).all()
+    assert (real_block_labels(FakeSample(45), "bbox", params, SIZE, 8, rng)[2:4, 5] == UNKNOWN).all()
 
 
 def test_mixed_supervision_labels_a_seeded_subset_by_pixels() -> None:

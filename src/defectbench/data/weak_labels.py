@@ -107,11 +107,14 @@ def block_labels(mask: np.ndarray, block: int = 8, eps_pos: float = 0.5, eps_neg
     return labels
 
 
-def box_block_labels(filled_boxes: np.ndarray, block: int = 8) -> np.ndarray:
-    """Block labels from a box mask (`box_mask` / `rotated_box_mask`): blocks outside every box are normal (0),
-    blocks touching a box are unknown (-1); no block is known defective."""
-    inside, _ = _block_view(filled_boxes, block)
-    return np.where(inside > 0, -1, 0).astype(np.int8)
+def box_block_labels(filled_boxes: np.ndarray, block: int, outside: float) -> np.ndarray:
+    """Block labels from a box mask (`box_mask` / `rotated_box_mask`), WeakREST Sec. III-D1: a block with at least
+    the fraction `outside` of its pixels outside every box is normal (0), any other block unknown (-1); no block is
+    known defective. Partial edge blocks use the fraction of their valid pixels."""
+    if not 0.0 < outside <= 1.0:
+        raise ValueError(f"need 0 < outside <= 1 (the fraction of a block outside the boxes), got {outside}")
+    inside, valid = _block_view(filled_boxes, block)
+    return np.where((valid - inside) / valid >= outside, 0, -1).astype(np.int8)
 
 
 def image_block_labels(mask: np.ndarray, block: int = 8) -> np.ndarray:

@@ -63,7 +63,7 @@ def real_block_labels(sample: Sample, supervision: str, params: dict[str, Any], 
         return np.where(labels == -1, UNKNOWN, labels).astype(np.int8)
     else:
         raise ValueError(f"supervision {supervision!r} uses no real defects; known: {SUPERVISIONS}")
-    labels = weak_labels.box_block_labels(filled, stride)
+    labels = weak_labels.box_block_labels(filled, stride, params["box_outside"])
     return np.where(labels == -1, UNKNOWN, labels).astype(np.int8)
 
 
@@ -73,8 +73,8 @@ class WeakREST(Method):
         "feature_set", "thetas", "embed_dims", "depth", "heads", "window", "blocks", "iterations",
         "steps_per_epoch", "batch_mix", "lr", "weight_decay", "ema_decay", "focal_alpha", "focal_alpha_u",
         "focal_gamma", "mask_probability", "jitter", "augmentations", "sharpen_temperature",
-        "mixup_alpha", "lambda_u", "lambda_u_ramp", "eps_pos", "eps_neg", "box_jitter", "pixel_labelled",
-        "anomaly", "foreground", "gaussian_sigma",
+        "mixup_alpha", "lambda_u", "lambda_u_ramp", "eps_pos", "eps_neg", "box_outside", "box_jitter",
+        "pixel_labelled", "anomaly", "foreground", "gaussian_sigma",
     )  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any):
