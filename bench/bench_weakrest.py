@@ -2,7 +2,9 @@
 512×512 with the paper's settings (random weights: speed does not depend on them), beside the paper's 39.7 ms on an
 RTX 4090 (Table VIII); and how many residual computations the demo plans against how many WeakREST runs read them.
 
-    python bench/bench_weakrest.py [--device cuda] [--train 8] [--test 4]
+    python bench/bench_weakrest.py [--device cuda] [--train 8] [--test 4] [--feature-set adclick]
+
+`--feature-set adclick` times the stage with ADClick's location-aware stride-4 settings instead (residuals only).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def residual_stage(device: torch.device, n_train: int, n_test: int) -> tuple[float, tuple[int, ...]]:
+def residual_stage(
+    device: torch.device, feature_set: str, n_train: int, n_test: int
+) -> tuple[float, tuple[int, ...]]:
     """Seconds per image of the residual computation (retrieval, matching, residual) after fitting the bank."""
-    settings = deep_merge(feature_settings("weakrest", "mvtec_ad", "bottle", "paper"), {"pretrained": False})
+    settings = deep_merge(feature_settings(feature_set, "mvtec_ad", "bottle", "paper"), {"pretrained": False})
     rng = np.random.default_rng(0)
     size = tuple(settings["input_size"])
     train = rng.integers(0, 256, (n_train, *size, 3), dtype=np.uint8)
@@ -88,15 +92,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:k]")
     parser.add_argument("--train", type=int, default=8, help="normal training images of the bank")
     parser.add_argument("--test", type=int, default=4, help="timed test images")
+    parser.add_argument("--feature-set", default="weakrest", help="config/features.yaml set of the stage")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    seconds, shape = residual_stage(device, args.train, args.test)
-    swin = classifier(device, shape, args.test)
+    seconds, shape = residual_stage(device, args.feature_set, args.train, args.test)
     print(f"device {device} ({torch.get_num_threads()} threads), 512x512, bank of {args.train} images")
     print(
-        f"residual stage: {1 / seconds:.2f} images/s ({1000 * seconds:.0f} ms/image), residuals {shape[1:]}"
+        f"residual stage ({args.feature_set}): {1 / seconds:.2f} images/s ({1000 * seconds:.0f} ms/image), "
+        f"residuals {shape[1:]}"
     )
+    if args.feature_set != "weakrest":
+        return
+    swin = classifier(device, shape, args.test)
     print(f"residual Swin classifier: {1000 * swin:.0f} ms/image")
     print(
         f"latency per image: {1000 * (seconds + swin):.0f} ms (paper: {PAPER_LATENCY_MS} ms on an RTX 4090)"
