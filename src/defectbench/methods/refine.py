@@ -53,7 +53,7 @@ def par(
     """Pixel-adaptive refinement: propagate class maps (N, C, h, w) along the colour affinity of `image`
     (N, 3, H, W; any range) for `iterations` steps at the image's resolution → (N, C, H, W)."""
     height, width = image.shape[-2:]
-    masks = F.interpolate(masks.float(), size=(height, width), mode="bilinear", align_corners=False)
+    masks = F.interpolate(masks.float(), size=(height, width), mode="bilinear", align_corners=True)
     affinity = par_affinity(image, dilations)
     offsets, pad = _ring_offsets(dilations), max(dilations)
     for _ in range(iterations):
