@@ -127,10 +127,8 @@ class SeCo(Method):
                 self.student.aux_classifier(aux).flatten(1).amax(1, keepdim=True), target[:, None]
             )
             _, pseudo, aux_cam = self.pseudo_labels(images, labels[batch])
-            aux_small = F.interpolate(
-                aux_cam[:, None], size=features.shape[-2:], mode="bilinear", align_corners=False
-            )
-            aux_labels = cam_labels(aux_small[:, 0], labels[batch], p["cam_high"], p["cam_low"])
+            aux_small = resize_maps(aux_cam, features.shape[-2:])
+            aux_labels = cam_labels(aux_small, labels[batch], p["cam_high"], p["cam_low"])
             losses = {"cls": cls, "affinity": w["affinity"] * affinity_loss(features, aux_labels)}
             crops, crop_labels = self._local_crops(images, pseudo)
             if crops.shape[0]:

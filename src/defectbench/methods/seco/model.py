@@ -9,7 +9,8 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from defectbench.methods.backbones import create_backbone, imagenet_normalize
-from defectbench.methods.refine import par
+from defectbench.methods.image_level import resize_maps
+from defectbench.methods.refine import min_max, par
 
 IGNORE = 255
 PAR_DOWNSCALE = 2  # SeCo (ToCo): PAR runs on the image and the CAM at half resolution
@@ -66,30 +67,21 @@ def multi_scale_cams(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SeCo's CAM and auxiliary CAM (N, H, W) of the network being trained: per scale the classifier's map,
     maximum over the image and its mirror, ReLU, summed over the scales, min-max normalised per image."""
-    n, height, width = images.shape[0], *images.shape[-2:]
-    totals = [images.new_zeros(n, height, width), images.new_zeros(n, height, width)]
+    n, size = images.shape[0], tuple(images.shape[-2:])
+    totals = [images.new_zeros(n, *size), images.new_zeros(n, *size)]
     for scale in scales:
-        size = [max(16, int(scale * s)) for s in (height, width)]
-        scaled = (
-            images
-            if size == [height, width]
-            else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        )
+        scaled_size = tuple(max(16, int(scale * s)) for s in size)
+        scaled = images if scaled_size == size else resize_images(images, scaled_size)
         features, aux, _ = net.encode(torch.cat([scaled, scaled.flip(-1)]))
-        for total, classifier, x in zip(
-            totals, (net.classifier, net.aux_classifier), (features, aux), strict=True
-        ):
-            cam = F.interpolate(classifier(x), size=(height, width), mode="bilinear", align_corners=False)[
-                :, 0
-            ]
+        for total, cam in zip(totals, (net.classifier(features), net.aux_classifier(aux)), strict=True):
+            cam = resize_maps(cam, size)
             total += F.relu(torch.maximum(cam[:n], cam[n:].flip(-1)))
-    return _min_max(totals[0]), _min_max(totals[1])
+    return min_max(totals[0]), min_max(totals[1])
 
 
-def _min_max(maps: torch.Tensor) -> torch.Tensor:
-    flat = maps.flatten(1)
-    low = flat.amin(dim=1).view(-1, 1, 1)
-    return (maps - low) / (flat.amax(dim=1).view(-1, 1, 1) - low + 1e-5)
+def resize_images(images: torch.Tensor, size: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """(N, C, H, W) bilinearly resized to `size`."""
+    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def cam_labels(cam: torch.Tensor, labels: torch.Tensor, high: float, low: float) -> torch.Tensor:
@@ -110,13 +102,11 @@ def refine_with_background(
     `high`, background where it loses to `low` too, ignored between; defect-free images all background.
     uint8-range images (N, 3, H, W), CAM (N, H, W) → long (N, H, W)."""
     size, half = images.shape[-2:], [s // PAR_DOWNSCALE for s in images.shape[-2:]]
-    small_images = F.interpolate(images, size=half, mode="bilinear", align_corners=False)
-    small_cam = F.interpolate(
-        (cam * labels.view(-1, 1, 1))[:, None], size=half, mode="bilinear", align_corners=False
-    )
+    small_images = resize_images(images, half)
+    small_cam = resize_maps(cam * labels.view(-1, 1, 1), half)[:, None]
     pairs = [torch.cat([torch.full_like(small_cam, b), small_cam], dim=1).softmax(dim=1) for b in (high, low)]
     refined = par(small_images, torch.cat(pairs, dim=1), iterations)  # channels: PAR is per channel
-    refined = F.interpolate(refined, size=size, mode="bilinear", align_corners=False)
+    refined = resize_images(refined, size)
     beats_high, beats_low = refined[:, :2].argmax(dim=1) == 1, refined[:, 2:].argmax(dim=1) == 1
     pseudo = torch.full_like(beats_high, IGNORE, dtype=torch.long)
     pseudo[beats_high] = 1

@@ -16,6 +16,7 @@ from torch import nn
 from defectbench.data import weak_labels
 from defectbench.data.images import DataError
 from defectbench.methods.backbones import weights_path
+from defectbench.methods.refine import min_max
 
 CAM_BOX_THRESHOLD = 0.4  # WeCLIP: the transition is restricted to the boxes around CAM > 0.4
 SINKHORN_STEPS = 3  # WeCLIP: one column-then-row normalisation and two more
@@ -123,13 +124,6 @@ def grad_cam(
     weights = gradient[:, 1:].mean(dim=1, keepdim=True)  # (N, 1, D)
     cam = F.relu((weights * normed[:, 1:]).sum(dim=-1)).detach().reshape(-1, *grid)
     return min_max(cam), attention.detach()
-
-
-def min_max(maps: torch.Tensor) -> torch.Tensor:
-    """Each (h, w) map of (N, h, w) shifted and scaled to [0, 1]."""
-    flat = maps.flatten(1)
-    low = flat.amin(dim=1).view(-1, 1, 1)
-    return (maps - low) / ((flat.amax(dim=1).view(-1, 1, 1) - low) + 1e-7)
 
 
 def sinkhorn(matrix: torch.Tensor, steps: int = SINKHORN_STEPS) -> torch.Tensor:
