@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from defectbench.data.images import DataError
@@ -129,3 +130,63 @@ def test_wsss_baselines_fit_predict_and_take_defect_free_images_as_background(
     again = build(method, params, CPU, seed=0)
     again.load_state_dict(model.state_dict())
     np.testing.assert_array_equal(again.predict(test, (48, 64)).maps, predictions.maps)
+
+
+STRIDE = 16  # ViT-B/16's patch grid: the resolution of WeCLIP's and SeCo's CAMs
+
+
+def _coarse_cams(defects: list[Sample], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(true masks (N, H, W), a controlled CAM on the stride-16 grid (N, h, w)): each patch holding defect pixels
+    of the mask shifted by a quarter patch scores 0.8-1, every other patch 0-0.2 (seeded), max-normalised: a CAM
+    that found every defect, as coarse and as misplaced as a real one."""
+    truth = torch.from_numpy(np.stack([s.read_mask(size) > 0 for s in defects]))
+    shifted = torch.roll(truth, (STRIDE // 4, STRIDE // 4), dims=(1, 2))
+    found = F.max_pool2d(shifted[:, None].float(), STRIDE)[:, 0]
+    noise = torch.rand((2, *found.shape), generator=torch.Generator().manual_seed(0))
+    cam = found * (0.8 + 0.2 * noise[0]) + (1 - found) * 0.2 * noise[1]
+    return truth, cam / cam.flatten(1).amax(dim=1).view(-1, 1, 1)
+
+
+def _iou(predicted: torch.Tensor, truth: torch.Tensor) -> float:
+    """Defect-class IoU over all pixels of all images."""
+    return float((predicted & truth).sum() / (predicted | truth).sum())
+
+
+def test_wsss_pseudo_labels_beat_their_raw_cams(synthetic_samples) -> None:
+    """WeCLIP's and SeCo's own pseudo-label code (`refine`; WeCLIP: transition, background 1 - CAM, PAR 20,
+    arg-max; SeCo: PAR 10 at half resolution against background scores 0.7 and 0.25) turns a coarse CAM into
+    labels closer to the true masks of synthetic VisA (4 defective candle and 4 pcb1 images, 96x128) than the CAM
+    (> 0.5, the background score both methods label a CAM with), and PAR does the work (0 iterations: worse).
+    This tests the refinement stage with a controlled CAM (`_coarse_cams`): with random backbone weights the
+    methods' own CAMs are uninformative (demo scale, data seeds 0-1: IoU <= 0.004 with these masks, their
+    pseudo-labels <= 0.014), and WeCLIP's transition gets attention that carries no information (each patch
+    attends to itself), as a random CLIP's does not. The CAM covers each defect broadly: a CAM peaked on a few of
+    its pixels, as 150 SeCo steps learn, leaves SeCo's pseudo-label empty (measured, docs/rflris.md)."""
+    defects = [s for category in ("candle", "pcb1")
+               for s in _defective(synthetic_samples("visa", "visa_2cls_highshot", category))[:4]]  # fmt: skip
+    size = (defects[0].height, defects[0].width)
+    images = to_tensor([s.read_image(size) for s in defects], CPU)
+    truth, grid_cam = _coarse_cams(defects, size)
+    cam = F.interpolate(grid_cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    labels = torch.ones(len(defects))
+    neutral = [torch.eye(grid_cam[0].numel() + 1).expand(len(defects), -1, -1)]  # class token + patches
+    iou = {}
+    for method, iterations in (("weclip", 20), ("seco", 10)):
+        for par_iterations in (iterations, 0):
+            overrides = {"input_size": list(size), "par_iterations": par_iterations}
+            model = build(method, method_params(method, "visa", "demo", overrides), CPU, seed=0)
+            if method == "weclip":
+                pseudo = model.refine(images, grid_cam, neutral, labels)
+            else:
+                pseudo = model.refine(images, cam, labels)
+            iou[method, par_iterations > 0] = _iou(pseudo == 1, truth)
+    raw = _iou(cam > 0.5, truth)
+    # measured, data seed 0 [seeds 1-3]: raw CAM 0.16 [0.15-0.18]; WeCLIP 0.44 [0.40-0.85], without PAR 0.13
+    # [0.12-0.15]; SeCo 0.66 [0.32-0.52], without PAR 0.21 [0.20-0.25]: smallest gaps 0.17 and 0.12
+    for method in ("weclip", "seco"):
+        assert iou[method, True] > raw + 0.12, (method, iou, raw)
+        assert iou[method, True] > iou[method, False] + 0.08, (method, iou, raw)
+
+
+def _defective(samples: dict[str, list[Sample]]) -> list[Sample]:
+    return [s for s in samples["train"] + samples["test"] if s.label == 1]

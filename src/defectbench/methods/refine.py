@@ -17,6 +17,13 @@ PAR_IMAGE_WEIGHT = 0.3  # scale of the colour distance in units of the local col
 PAR_POSITION_WEIGHT = 0.01  # weight of the positional kernel added to the colour kernel
 
 
+def min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of (N, h, w) shifted and scaled to [0, 1], as both methods normalise their CAMs."""
+    flat = maps.flatten(1)
+    low = flat.amin(dim=1).view(-1, 1, 1)
+    return (maps - low) / (flat.amax(dim=1).view(-1, 1, 1) - low + 1e-5)
+
+
 def _ring_offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
     """The 8 neighbours of a pixel at each dilation (3×3 ring, centre left out)."""
     return [(dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
@@ -53,7 +60,7 @@ def par(
     """Pixel-adaptive refinement: propagate class maps (N, C, h, w) along the colour affinity of `image`
     (N, 3, H, W; any range) for `iterations` steps at the image's resolution → (N, C, H, W)."""
     height, width = image.shape[-2:]
-    masks = F.interpolate(masks.float(), size=(height, width), mode="bilinear", align_corners=False)
+    masks = F.interpolate(masks.float(), size=(height, width), mode="bilinear", align_corners=True)
     affinity = par_affinity(image, dilations)
     offsets, pad = _ring_offsets(dilations), max(dilations)
     for _ in range(iterations):

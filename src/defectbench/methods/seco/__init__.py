@@ -1,6 +1,7 @@
 """SeCo adapted to two-class defect data (RFL+RIS supplement 1.2.2): a ViT-B/16 student and its momentum teacher;
-the teacher's CAM refined by PAR gives pseudo-labels for the segmentation head and the decomposition losses (local
-crops contrasted against a queue, tokens against global prototypes); inference: multi-scale + flip, DenseCRF."""
+the student's multi-scale CAM refined by PAR against two background scores gives pseudo-labels for the segmentation
+head and the decomposition losses (local crops contrasted against the teacher's queue, tokens against global
+prototypes), its auxiliary CAM the affinity loss's labels; inference: multi-scale + flip, DenseCRF."""
 
 from __future__ import annotations
 
@@ -22,15 +23,16 @@ from defectbench.methods.image_level import (
     to_tensor,
     warmup_poly,
 )
-from defectbench.methods.refine import crf_refined_predictions, par
+from defectbench.methods.refine import crf_refined_predictions
 from defectbench.methods.seco.model import (
     IGNORE,
     SeCoNet,
     affinity_loss,
-    cam_of,
+    cam_labels,
     global_contrast,
     local_contrast,
-    pseudo_from_cam,
+    multi_scale_cams,
+    refine_with_background,
 )
 
 BATCH = 8
@@ -56,27 +58,21 @@ class SeCo(Method):
         self.queue_labels = torch.zeros(0, dtype=torch.long, device=device)
         self.prototypes = torch.zeros(2, dim, device=device)
 
-    @torch.no_grad()
-    def teacher_cam(self, images: torch.Tensor) -> torch.Tensor:
-        """Teacher CAM (N, H, W) averaged over the CAM scales and a horizontal flip."""
-        self.teacher.eval()
-        total = torch.zeros(images.shape[0], *images.shape[-2:], device=images.device)
-        scales = self.params["cam_scales"]
-        for scale in scales:
-            size = [max(16, round(s * scale)) for s in images.shape[-2:]]
-            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-            for flip in (False, True):
-                view = scaled.flip(-1) if flip else scaled
-                cam = cam_of(self.teacher, self.teacher.encode(view)[0])
-                cam = cam.flip(-1) if flip else cam
-                total += resize_maps(cam, images.shape[-2:])
-        return total / (2 * len(scales))
+    def pseudo_labels(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(raw CAM (N, H, W), pseudo-label (N, H, W), auxiliary CAM) of uint8-range images and image labels: the
+        student's multi-scale CAMs (as SeCo's `multi_scale_cam2` of the model being trained), refined."""
+        cam, aux = multi_scale_cams(self.student, images, self.params["cam_scales"])
+        cam, aux = cam * labels.view(-1, 1, 1), aux * labels.view(-1, 1, 1)
+        return cam, self.refine(images, cam, labels), aux
 
-    def pseudo_labels(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw teacher CAM (N, H, W), pseudo-label after PAR and the two thresholds)."""
-        cam = self.teacher_cam(images) * labels.view(-1, 1, 1)
-        refined = par(images, cam[:, None], int(self.params["par_iterations"]))[:, 0]
-        return cam, pseudo_from_cam(refined, labels, self.params["cam_high"], self.params["cam_low"])
+    def refine(self, images: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CAM (N, H, W) → pseudo-label: PAR against the high and low background scores (`cam_high`, `cam_low`)."""
+        p = self.params
+        return refine_with_background(
+            images, cam, labels, p["cam_high"], p["cam_low"], int(p["par_iterations"])
+        )
 
     def _local_crops(self, images: torch.Tensor, pseudo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decompose images into a grid of crops resized to local_size; a crop is a defect crop if it holds a
@@ -130,8 +126,10 @@ class SeCo(Method):
             cls = cls + F.multilabel_soft_margin_loss(
                 self.student.aux_classifier(aux).flatten(1).amax(1, keepdim=True), target[:, None]
             )
-            _, pseudo = self.pseudo_labels(images, labels[batch])
-            losses = {"cls": cls, "affinity": w["affinity"] * affinity_loss(features, pseudo)}
+            _, pseudo, aux_cam = self.pseudo_labels(images, labels[batch])
+            aux_small = resize_maps(aux_cam, features.shape[-2:])
+            aux_labels = cam_labels(aux_small, labels[batch], p["cam_high"], p["cam_low"])
+            losses = {"cls": cls, "affinity": w["affinity"] * affinity_loss(features, aux_labels)}
             crops, crop_labels = self._local_crops(images, pseudo)
             if crops.shape[0]:
                 student_local = self.student.projector(self.student.encode(crops)[2])

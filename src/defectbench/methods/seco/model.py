@@ -9,8 +9,11 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from defectbench.methods.backbones import create_backbone, imagenet_normalize
+from defectbench.methods.image_level import resize_maps
+from defectbench.methods.refine import min_max, par
 
 IGNORE = 255
+PAR_DOWNSCALE = 2  # SeCo (ToCo): PAR runs on the image and the CAM at half resolution
 
 
 class SeCoNet(nn.Module):
@@ -58,26 +61,65 @@ class SeCoNet(nn.Module):
         return as_map(final), as_map(outputs[-3] if len(outputs) >= 3 else outputs[0]), final[:, 0]
 
 
-def cam_of(net: SeCoNet, features: torch.Tensor) -> torch.Tensor:
-    """ReLU of the classifier's map, normalised by its maximum → (N, h, w) in [0, 1]."""
-    cam = F.relu(net.classifier(features))[:, 0]
-    return cam / (cam.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5)
+@torch.no_grad()
+def multi_scale_cams(
+    net: SeCoNet, images: torch.Tensor, scales: list[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SeCo's CAM and auxiliary CAM (N, H, W) of the network being trained: per scale the classifier's map,
+    maximum over the image and its mirror, ReLU, summed over the scales, min-max normalised per image."""
+    n, size = images.shape[0], tuple(images.shape[-2:])
+    totals = [images.new_zeros(n, *size), images.new_zeros(n, *size)]
+    for scale in scales:
+        scaled_size = tuple(max(16, int(scale * s)) for s in size)
+        scaled = images if scaled_size == size else resize_images(images, scaled_size)
+        features, aux, _ = net.encode(torch.cat([scaled, scaled.flip(-1)]))
+        for total, cam in zip(totals, (net.classifier(features), net.aux_classifier(aux)), strict=True):
+            cam = resize_maps(cam, size)
+            total += F.relu(torch.maximum(cam[:n], cam[n:].flip(-1)))
+    return min_max(totals[0]), min_max(totals[1])
 
 
-def pseudo_from_cam(refined: torch.Tensor, labels: torch.Tensor, high: float, low: float) -> torch.Tensor:
-    """Defect where the refined CAM > high, background where < low, ignored between; defect-free images are
-    background everywhere. refined (N, H, W) → long (N, H, W)."""
-    pseudo = torch.full_like(refined, IGNORE, dtype=torch.long)
-    pseudo[refined > high] = 1
-    pseudo[refined < low] = 0
+def resize_images(images: torch.Tensor, size: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """(N, C, H, W) bilinearly resized to `size`."""
+    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def cam_labels(cam: torch.Tensor, labels: torch.Tensor, high: float, low: float) -> torch.Tensor:
+    """Defect where the CAM > high, background where ≤ low, ignored between (SeCo's label of the auxiliary CAM
+    for the affinity loss); defect-free images are background everywhere. (N, h, w) → long (N, h, w)."""
+    cam = cam * labels.view(-1, 1, 1)
+    out = torch.full_like(cam, IGNORE, dtype=torch.long)
+    out[cam > high] = 1
+    out[cam <= low] = 0
+    return out
+
+
+def refine_with_background(
+    images: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, high: float, low: float, iterations: int
+) -> torch.Tensor:
+    """SeCo's pseudo-label (ToCo's `refine_cams_with_bkg_v2`): the CAM against a flat background score of `high`
+    and one of `low`, each pair softmax-normalised and propagated by PAR at half resolution; defect where it beats
+    `high`, background where it loses to `low` too, ignored between; defect-free images all background.
+    uint8-range images (N, 3, H, W), CAM (N, H, W) → long (N, H, W)."""
+    size, half = images.shape[-2:], [s // PAR_DOWNSCALE for s in images.shape[-2:]]
+    small_images = resize_images(images, half)
+    small_cam = resize_maps(cam * labels.view(-1, 1, 1), half)[:, None]
+    pairs = [torch.cat([torch.full_like(small_cam, b), small_cam], dim=1).softmax(dim=1) for b in (high, low)]
+    refined = par(small_images, torch.cat(pairs, dim=1), iterations)  # channels: PAR is per channel
+    refined = resize_images(refined, size)
+    beats_high, beats_low = refined[:, :2].argmax(dim=1) == 1, refined[:, 2:].argmax(dim=1) == 1
+    pseudo = torch.full_like(beats_high, IGNORE, dtype=torch.long)
+    pseudo[beats_high] = 1
+    pseudo[~beats_high & ~beats_low] = 0
     pseudo[labels == 0] = 0
     return pseudo
 
 
-def affinity_loss(features: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
-    """Token affinity (cosine → [0, 1]) against the pseudo-label's, pairs with an ignored token left out."""
+def affinity_loss(features: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
+    """Token affinity (cosine → [0, 1]) against the labels' (N, h, w) at the token grid, pairs with an ignored
+    token left out."""
     tokens = F.normalize(features.flatten(2).transpose(1, 2), dim=-1)
-    small = F.interpolate(pseudo[:, None].float(), size=features.shape[-2:], mode="nearest").flatten(1).long()
+    small = small.flatten(1)
     affinity = ((tokens @ tokens.transpose(1, 2)) + 1) / 2
     target = (small[:, :, None] == small[:, None, :]).float()
     valid = (small[:, :, None] != IGNORE) & (small[:, None, :] != IGNORE)

@@ -75,15 +75,21 @@ class WeCLIP(Method):
     def pseudo_labels(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, list, tuple]:
-        """(raw CAM (N, h, w), pseudo-label (N, H, W) after transition refinement and PAR, tokens, grid);
-        defect-free images take the all-background path (the original code crashes on them)."""
+        """(raw CAM (N, h, w), pseudo-label (N, H, W), tokens, grid) of uint8-range images and image labels."""
         tokens, attentions, grid = encode_layers(self.clip, images)
         cam, last_attention = grad_cam(self.clip, tokens[-1], self.text, grid)
-        refined = refine_cam(cam, [*attentions, last_attention]) * labels.view(-1, 1, 1)
+        cam = cam * labels.view(-1, 1, 1)
+        return cam, self.refine(images, cam, [*attentions, last_attention], labels), tokens, grid
+
+    def refine(
+        self, images: torch.Tensor, cam: torch.Tensor, attentions: list[torch.Tensor], labels: torch.Tensor
+    ) -> torch.Tensor:
+        """CAM (N, h, w) → pseudo-label (N, H, W): transition refinement, background 1 − CAM, PAR, arg-max;
+        defect-free images take the all-background path (the original code crashes on them)."""
+        refined = refine_cam(cam, attentions) * labels.view(-1, 1, 1)
         probabilities = torch.stack([1 - refined, refined], dim=1)
         refined_full = par(images, probabilities, int(self.params["par_iterations"]))
-        pseudo = refined_full.argmax(dim=1) * labels.view(-1, 1, 1).long()
-        return cam * labels.view(-1, 1, 1), pseudo, tokens, grid
+        return refined_full.argmax(dim=1) * labels.view(-1, 1, 1).long()
 
     def fit(self, train: list[Sample], val: list[Sample] | None = None) -> list[dict[str, float]]:
         p = self.params

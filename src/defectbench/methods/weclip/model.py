@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from defectbench.data import weak_labels
 from defectbench.data.images import DataError
 from defectbench.methods.backbones import weights_path
+from defectbench.methods.refine import min_max
 
-CAM_BOX_THRESHOLD = 0.4  # WeCLIP: the transition is restricted to the box around CAM > 0.4
-SINKHORN_STEPS = 3
+CAM_BOX_THRESHOLD = 0.4  # WeCLIP: the transition is restricted to the boxes around CAM > 0.4
+SINKHORN_STEPS = 3  # WeCLIP: one column-then-row normalisation and two more
+TRANSITION_LAYERS = 8  # WeCLIP: the attention of the last 8 blocks (of 12) makes the transition
 
 
 def build_clip(params: dict, seed: int) -> nn.Module:
@@ -93,8 +97,11 @@ def encode_layers(
     return tokens, attentions, grid
 
 
-def _block(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    y = block.ln_1(x)
+def _block(
+    block: nn.Module, x: torch.Tensor, normed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One residual attention block on x (its ln_1 output may be given, as Grad-CAM's differentiated layer)."""
+    y = block.ln_1(x) if normed is None else normed
     out, attention = block.attn(y, y, y, need_weights=True, average_attn_weights=True)
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x))), attention
@@ -103,50 +110,48 @@ def _block(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 def grad_cam(
     clip: nn.Module, last_input: torch.Tensor, text: torch.Tensor, grid: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grad-CAM of class 0 (the defect) on the last block's input tokens against the class text embeddings;
-    returns (CAM (N, h, w) in [0, 1], the last block's attention)."""
-    x = last_input.detach().requires_grad_(True)
+    """Grad-CAM of class 0 (the defect) on the last block's ln_1 output against the class text embeddings, min-max
+    normalised as pytorch_grad_cam's; returns (CAM (N, h, w) in [0, 1], the last block's attention)."""
+    block = clip.visual.transformer.resblocks[-1]
+    x = last_input.detach()
+    normed = block.ln_1(x).detach().requires_grad_(True)
     with torch.enable_grad():
-        out, attention = _block(clip.visual.transformer.resblocks[-1], x)
+        out, attention = _block(block, x, normed)
         pooled = clip.visual.ln_post(out[:, 0]) @ clip.visual.proj
         logits = 100.0 * F.normalize(pooled, dim=-1) @ text.T
         score = logits.softmax(dim=-1)[:, 0].sum()
-        (gradient,) = torch.autograd.grad(score, x)
+        (gradient,) = torch.autograd.grad(score, normed)
     weights = gradient[:, 1:].mean(dim=1, keepdim=True)  # (N, 1, D)
-    cam = F.relu((weights * x[:, 1:]).sum(dim=-1)).detach().reshape(-1, *grid)
-    return cam / (cam.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5), attention.detach()
+    cam = F.relu((weights * normed[:, 1:]).sum(dim=-1)).detach().reshape(-1, *grid)
+    return min_max(cam), attention.detach()
 
 
 def sinkhorn(matrix: torch.Tensor, steps: int = SINKHORN_STEPS) -> torch.Tensor:
-    """Alternate row and column normalisation of non-negative (N, L, L) matrices."""
+    """Alternate column and row normalisation of non-negative (N, L, L) matrices (rows sum to 1 last)."""
     for _ in range(steps):
-        matrix = matrix / (matrix.sum(dim=2, keepdim=True) + 1e-8)
         matrix = matrix / (matrix.sum(dim=1, keepdim=True) + 1e-8)
+        matrix = matrix / (matrix.sum(dim=2, keepdim=True) + 1e-8)
     return matrix
 
 
+def transition(attentions: list[torch.Tensor]) -> torch.Tensor:
+    """WeCLIP's transition matrix (N, hw, hw): the mean patch-to-patch attention of the last TRANSITION_LAYERS
+    layers, Sinkhorn-normalised, symmetrised and squared."""
+    attention = torch.stack([a[:, 1:, 1:] for a in attentions[-TRANSITION_LAYERS:]]).mean(dim=0)
+    matrix = sinkhorn(attention)
+    matrix = (matrix + matrix.transpose(1, 2)) / 2
+    return matrix @ matrix
+
+
 def refine_cam(cam: torch.Tensor, attentions: list[torch.Tensor]) -> torch.Tensor:
-    """WeCLIP's transition refinement: the mean patch-to-patch attention of all layers, Sinkhorn-normalised and
-    symmetrised, propagates the CAM inside the box around CAM > 0.4; output (N, h, w) in [0, 1]."""
+    """WeCLIP's transition refinement: the CAM inside the boxes around the connected regions of CAM > 0.4
+    (8-connected, as its contour boxes) propagated by the transition matrix; output (N, h, w) in [0, 1]."""
     n, h, w = cam.shape
-    attention = torch.stack([a[:, 1:, 1:] for a in attentions]).mean(dim=0)
-    transition = sinkhorn(attention)
-    transition = (transition + transition.transpose(1, 2)) / 2
-    box = _boxes(cam > CAM_BOX_THRESHOLD).flatten(1).float()  # (N, hw)
-    refined = torch.bmm(transition, (cam.flatten(1) * box)[..., None])[..., 0] * box
-    refined = refined.reshape(n, h, w)
-    return refined / (refined.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5)
-
-
-def _boxes(masks: torch.Tensor) -> torch.Tensor:
-    """The bounding box of each mask's pixels (empty mask → empty box)."""
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    out = torch.zeros_like(masks)
-    for i in range(masks.shape[0]):
-        if rows[i].any():
-            r, c = torch.nonzero(rows[i]).flatten(), torch.nonzero(cols[i]).flatten()
-            out[i, r.min() : r.max() + 1, c.min() : c.max() + 1] = True
-    return out
+    masks = (cam > CAM_BOX_THRESHOLD).cpu().numpy()
+    box = np.stack([weak_labels.box_mask(weak_labels.boxes(m), (h, w)) for m in masks])
+    inside = cam.flatten(1) * torch.from_numpy(box).to(cam.device).flatten(1)
+    refined = torch.bmm(transition(attentions), inside[..., None])[..., 0]
+    return min_max(refined.reshape(n, h, w))
 
 
 class Decoder(nn.Module):
