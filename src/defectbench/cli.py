@@ -13,6 +13,7 @@ import yaml
 from defectbench import paths
 from defectbench.config import validate_config
 from defectbench.experiments import CONFIG_DIR, load_experiments
+from defectbench.io import load_yaml
 from defectbench.plan import planned_runs
 
 
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status_parser.add_argument("--paper", action="append", help="only this paper (repeatable)")
     args = parser.parse_args(argv)
     try:
-        config = yaml.safe_load(args.configfile.read_text())
+        config = load_yaml(args.configfile.read_text())
         validate_config(config)
     except (OSError, yaml.YAMLError, ValueError) as err:
         print(f"defectbench: cannot read {args.configfile}: {err}", file=sys.stderr)

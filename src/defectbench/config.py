@@ -9,6 +9,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from defectbench.io import load_yaml
+
 SCHEMA_PATH = Path("workflow/schemas/config.schema.yaml")
 
 
@@ -27,13 +29,13 @@ def yaml_error_message(path: str | Path, err: yaml.YAMLError) -> str:
 def check_yaml_syntax(path: str | Path) -> None:
     """Fail with the file and line of a YAML syntax error before Snakemake loads the file without naming them."""
     try:
-        yaml.safe_load(Path(path).read_text())
+        load_yaml(Path(path).read_text())
     except yaml.YAMLError as err:
         raise ConfigError(yaml_error_message(path, err)) from None
 
 
 def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_yaml(Path(schema_path).read_text())
     from defectbench.data.datasets import dataset_names, get_dataset
 
     errors = sorted(

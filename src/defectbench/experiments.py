@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 from defectbench.config import yaml_error_message
+from defectbench.io import load_yaml
 
 CONFIG_DIR = Path("config")
 SCHEMA_PATH = Path("workflow/schemas/experiments.schema.yaml")
@@ -34,7 +35,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        content = yaml.safe_load(path.read_text())
+        content = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(yaml_error_message(path, err)) from None
     if content is None:
@@ -113,7 +114,7 @@ def anomaly_settings(
     truth, checked against its schema), updated with the method's own keys (a paper-cited override or WeakREST's
     block-label thresholds); the result checked against the schema's `resolved` definition."""
     path = config_dir / "anomalies.yaml"
-    schema = yaml.safe_load(ANOMALY_SCHEMA_PATH.read_text())
+    schema = load_yaml(ANOMALY_SCHEMA_PATH.read_text())
     generators = read_yaml(path)
     _raise_errors(
         jsonschema.Draft202012Validator(schema).iter_errors(generators),
@@ -143,7 +144,7 @@ def _raise_errors(errors: Iterator[jsonschema.ValidationError], what: str) -> No
 
 @cache
 def _schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return load_yaml(SCHEMA_PATH.read_text())
 
 
 def pretrain_units(

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from defectbench.io import load_yaml
 
 DVC_FILE = Path("dvc.yaml")
 STAGE = "reproduce"
@@ -44,7 +44,7 @@ def _run(tool: str, *args: str, capture: bool = False) -> str:
 
 def stage_configfile(dvc_file: Path = DVC_FILE) -> str:
     """The config file the DVC stage runs the workflow with (its `configfile` var): the touch must use the same."""
-    spec = yaml.safe_load(dvc_file.read_text())
+    spec = load_yaml(dvc_file.read_text())
     for entry in spec.get("vars", []):
         if isinstance(entry, dict) and "configfile" in entry:
             return str(entry["configfile"])

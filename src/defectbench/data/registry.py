@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from defectbench.io import load_yaml
 
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 REQUIRED_KEYS = (
@@ -48,7 +48,7 @@ def dataset_root(name: str, extracted_dir: str | Path) -> Path:
 @lru_cache(maxsize=1)
 def _parsed_registry() -> dict[str, dict[str, Any]]:
     with open(REGISTRY_PATH) as handle:
-        registry = yaml.safe_load(handle)
+        registry = load_yaml(handle)
     _validate(registry)
     return registry
 

@@ -14,14 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from defectbench import paths
 from defectbench.experiments import method_params
 from defectbench.gpu_check import checks, selection
 from defectbench.gpu_check.iteration import measure_iteration
 from defectbench.gpu_check.probe import run_probe
 from defectbench.gpu_check.summary import write_summary
+from defectbench.io import load_yaml
 from defectbench.runtime.gpu import GPU_COUNT_ENV, LOCK_DIR_ENV
 
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs")
@@ -56,7 +55,7 @@ class Check:
         self.device = args.device
         self.out = args.out / args.device
         self.work = self.out / "work"
-        self.config = yaml.safe_load(Path("config/config.yaml").read_text())
+        self.config = load_yaml(Path("config/config.yaml").read_text())
         self.summary: dict[str, Any] = {
             "device": args.device,
             "started": _now(),

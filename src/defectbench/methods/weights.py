@@ -14,10 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from defectbench import paths
 from defectbench.data.images import DataError
+from defectbench.io import load_yaml
 
 REGISTRY_PATH = Path(__file__).with_name("weights.yaml")
 WEIGHTS_DIR_ENV = "DEFECTBENCH_WEIGHTS_DIR"
@@ -134,7 +133,7 @@ def verify_weights(name: str, weights_dir: Path | None = None) -> Path:
 
 @lru_cache(maxsize=1)
 def _parsed_registry() -> dict[str, dict[str, Any]]:
-    registry = yaml.safe_load(REGISTRY_PATH.read_text())
+    registry = load_yaml(REGISTRY_PATH.read_text())
     for name, entry in registry.items():
         if sorted(entry) != sorted(ENTRY_KEYS):
             raise ValueError(f"{REGISTRY_PATH}: entry {name!r} must have exactly the keys {list(ENTRY_KEYS)}")

@@ -13,6 +13,7 @@ import jsonschema
 import yaml
 
 from defectbench.data.images import DataError
+from defectbench.io import load_yaml
 
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "workflow" / "schemas"
 
@@ -65,7 +66,7 @@ def load_schema(name: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"schema {path} is missing; defectbench must run from its source tree")
     with open(path) as handle:
-        return yaml.safe_load(handle)
+        return load_yaml(handle)
 
 
 def is_percent(keys: Mapping[str, Any]) -> bool:
@@ -147,7 +148,7 @@ def load_spec(path: str | os.PathLike) -> dict:
         )
     try:
         with open(path) as handle:
-            spec = yaml.safe_load(handle)
+            spec = load_yaml(handle)
     except yaml.YAMLError as err:
         raise TableInputError(f"{path}: not valid YAML ({err})") from err
     validator = jsonschema.Draft202012Validator(load_schema("tables"))

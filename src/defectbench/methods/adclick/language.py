@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerFast
 
 from defectbench.data.images import DataError
+from defectbench.io import load_yaml
 from defectbench.methods.weights import verify_weights
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
@@ -40,7 +40,7 @@ class PromptBook:
             raise DataError(
                 f"prompt file {path} does not exist; it ships with defectbench under config/prompts/"
             )
-        spec = yaml.safe_load(path.read_text())
+        spec = load_yaml(path.read_text())
         try:
             return cls(path, tuple(spec["templates"]), spec["objects"], spec["defects"])
         except (KeyError, TypeError) as err:
