@@ -10,11 +10,13 @@ SNAKEMAKE := $(BIN)/snakemake
 
 install: $(VENV)/.installed
 
-# Pinned lock file (envs/requirements.lock) + the package in editable mode.
+# Pinned lock file (envs/requirements.lock) + the package in editable mode. Bytecode compiled at install: where
+# PYTHONDONTWRITEBYTECODE is set (as on the CI machines) Python would otherwise compile torch, snakemake & co. from
+# source in every process: a Snakemake dry run took 55 s instead of 11 s, and each job paid it again.
 $(VENV)/.installed: envs/requirements.lock pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) venv --allow-existing --quiet --python 3.11 $(VENV)
-	$(UV) pip sync --quiet --python $(PY) envs/requirements.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(PY) envs/requirements.lock
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 	touch $@
 
