@@ -118,24 +118,31 @@ TRAIN_PARAMS = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """ADClick trained on carpet's defects (random weights, tiny), with bottle's data to label."""
+def _carpet_and_bottle(tmp: Path, n_test_per_defect: int) -> tuple[Path, tuple[Path, Path]]:
+    """A small synthetic MVTec AD (carpet, bottle) with its manifest and official split written beside it."""
     from defectbench.data.indexers import index_dataset
-    from defectbench.data.samples import load_samples
     from defectbench.data.splits import make_split
     from defectbench.data.synthetic import synthesize
     from defectbench.io import write_csv
 
+    root = synthesize(
+        "mvtec_ad", tmp / "data", seed=0, categories=["carpet", "bottle"], image_size=64,
+        n_test_per_defect=n_test_per_defect,
+    )  # fmt: skip
+    manifest = index_dataset("mvtec_ad", root, check_counts=False)
+    split = make_split("mvtec_ad", "official", manifest, synthetic=True, seed=0)
+    return root, (write_csv(tmp / "manifest.csv", manifest), write_csv(tmp / "split.csv", split))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """ADClick trained on carpet's defects (random weights, tiny), with bottle's data to label."""
+    from defectbench.data.samples import load_samples
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("adclick")
-    root = synthesize(
-        "mvtec_ad", tmp / "data", seed=0, categories=["carpet", "bottle"], image_size=64, n_test_per_defect=4
-    )
-    manifest = index_dataset("mvtec_ad", root, check_counts=False)
-    split = make_split("mvtec_ad", "official", manifest, synthetic=True, seed=0)
-    paths = write_csv(tmp / "manifest.csv", manifest), write_csv(tmp / "split.csv", split)
+    root, paths = _carpet_and_bottle(tmp, n_test_per_defect=4)
     carpet, bottle = (load_samples(*paths, root, category) for category in ("carpet", "bottle"))
     book = PromptBook.load(PROMPTS)
     encoder = LanguageEncoder(book, TINY_BERT, False, "bert_base_uncased", 0)
@@ -243,20 +250,11 @@ def test_adclick_seg_learns_from_adclick_labels(trained: dict) -> None:
 @pytest.fixture(scope="module")
 def units(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """carpet and bottle at 64 px with their residual files of the shared stage (feature set `adclick`, demo)."""
-    from defectbench.data.indexers import index_dataset
     from defectbench.data.samples import load_samples
-    from defectbench.data.splits import make_split
-    from defectbench.data.synthetic import synthesize
     from defectbench.features import ResidualFile, compute_residual_features, feature_settings
-    from defectbench.io import write_csv
 
     tmp = tmp_path_factory.mktemp("adclick_ft")
-    root = synthesize(
-        "mvtec_ad", tmp / "data", seed=0, categories=["carpet", "bottle"], image_size=64, n_test_per_defect=2
-    )
-    manifest = index_dataset("mvtec_ad", root, check_counts=False)
-    split = make_split("mvtec_ad", "official", manifest, synthetic=True, seed=0)
-    paths = write_csv(tmp / "manifest.csv", manifest), write_csv(tmp / "split.csv", split)
+    root, paths = _carpet_and_bottle(tmp, n_test_per_defect=2)
     out = {}
     for category in ("carpet", "bottle"):
         subsets = load_samples(*paths, root, category)
