@@ -128,7 +128,8 @@ def test_texture_files_are_the_configured_classes_and_missing_folders_say_what_t
     for path in (root / "images/dotted").iterdir():
         path.unlink()
     with pytest.raises(
-        DataError, match=r"2 dtd texture images .* missing, e\.g\. .*dotted_0001\.jpg.*procedural"
+        DataError,
+        match=r"2 dtd texture images .* missing, e\.g\. .*dotted_0001\.jpg.*procedural in config/anomalies",
     ):
         texture_files("dtd", ready, manifest, CLASSES)
     ready.write_text(json.dumps({"source": "synthetic", "path": str(tmp_path / "gone")}))
@@ -188,7 +189,9 @@ def test_config_names_dtd_as_the_texture_dataset_and_its_classes_enter_the_run_s
     assert paper["datasets"]["dtd"]["categories"] == dataset_entry("dtd")["categories"]
     assert paper["datasets"]["dtd"]["source"] == "download"
     without = {**config, "datasets": {k: v for k, v in config["datasets"].items() if k != "dtd"}}
-    with pytest.raises(ValueError, match=r"texture_source names dataset .dtd.*add datasets\.dtd"):
+    with pytest.raises(
+        ValueError, match=r"names dataset .dtd.*add datasets\.dtd.*procedural in config/anomalies"
+    ):
         texture_dataset({"anomaly": {"texture_source": "dtd"}}, without)
     with pytest.raises(ValueError, match="'mvtec_ad' is not a texture source; valid: procedural, dtd"):
         texture_dataset({"anomaly": {"texture_source": "mvtec_ad"}}, config)

@@ -180,7 +180,8 @@ def texture_dataset(params: Mapping[str, Any], config: Mapping[str, Any]) -> str
     if source not in config["datasets"]:
         raise ValueError(
             f"anomaly.texture_source names dataset {source!r}, which the config does not configure: add "
-            f"datasets.{source} (source: download, or synthetic for a demo) or set texture_source: procedural"
+            f"datasets.{source} (source: download, or synthetic for a demo) or set texture_source: procedural "
+            f"in {CONFIG_DIR / 'anomalies.yaml'}"
         )
     return source
 

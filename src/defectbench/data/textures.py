@@ -16,7 +16,7 @@ def texture_files(dataset: str, ready_file: Path, manifest: Path, categories: Se
     root = ready_root(dataset, ready_file)
     redo = (
         f"prepare it again (delete {ready_file} and run `snakemake {ready_file}`), "
-        "or set anomaly.texture_source: procedural in the method's config"
+        "or set texture_source: procedural in config/anomalies.yaml (the generator's shared settings)"
     )
     if not root.is_dir():
         raise DataError(f"the {dataset} texture folder {root} (named by {ready_file}) does not exist: {redo}")
