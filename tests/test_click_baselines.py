@@ -371,8 +371,8 @@ def test_every_method_takes_its_synthetic_anomalies_from_the_one_shared_block() 
 
 
 def test_synthetic_anomaly_settings_are_checked_against_their_schema(tmp_path) -> None:
-    """A copied block instead of a reference, an unknown generator, a mistyped or unknown key in the shared file or
-    in a method's override: each an error naming the file and the key."""
+    """A copied block instead of a reference, an unknown generator, a mistyped or unknown key in the shared file, in
+    a method's override or in an experiment's: each an error naming the file (or the experiment) and the key."""
     import shutil
 
     import yaml
@@ -400,6 +400,11 @@ def test_synthetic_anomaly_settings_are_checked_against_their_schema(tmp_path) -
         method_with({"generator": "memseg", "perlin_treshold": 0.4})
     with pytest.raises(ValueError, match=r"\n  blend_min: 1.5 is greater than the maximum of 1"):
         method_with({"generator": "memseg", "blend_min": 1.5})
+    # a wrong key of an experiment's override: the error says it came with the experiment, not from the method file
+    with pytest.raises(
+        ValueError, match=r"gpcis.yaml: anomaly with the experiment's params.anomaly \{'eps_poss'"
+    ):
+        method_params("gpcis", "mvtec_ad", "paper", {"anomaly": {"eps_poss": 0.2}})
     shared = yaml.safe_load(Path("config/anomalies.yaml").read_text())
     shared["memseg"]["paper"]["min_component_px"] = "250 px"
     del shared["memseg"]["paper"]["per_normal"]

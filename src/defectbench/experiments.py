@@ -90,9 +90,10 @@ def method_params(
         raise ValueError(f"no hyper-parameter file {path} for method {method!r}")
     params = deep_merge(_scaled(read_yaml(path), path, dataset, scale), overrides or {})
     if ANOMALY_KEY in params:
-        params[ANOMALY_KEY] = anomaly_settings(
-            params[ANOMALY_KEY], dataset, scale, f"{path}: {ANOMALY_KEY}", config_dir
-        )
+        where = f"{path}: {ANOMALY_KEY}"
+        if ANOMALY_KEY in (overrides or {}):  # a wrong key may be the experiment's, not the method file's
+            where += f" with the experiment's params.{ANOMALY_KEY} {overrides[ANOMALY_KEY]!r}"
+        params[ANOMALY_KEY] = anomaly_settings(params[ANOMALY_KEY], dataset, scale, where, config_dir)
     return params
 
 
