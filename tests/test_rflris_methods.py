@@ -156,7 +156,8 @@ def test_wsss_pseudo_labels_beat_their_raw_cams(synthetic_samples) -> None:
     """WeCLIP's and SeCo's own pseudo-label code (`refine`; WeCLIP: transition, background 1 - CAM, PAR 20,
     arg-max; SeCo: PAR 10 at half resolution against background scores 0.7 and 0.25) turns a coarse CAM into
     labels closer to the true masks of synthetic VisA (4 defective candle and 4 pcb1 images, 96x128) than the CAM
-    (> 0.5, the background score both methods label a CAM with), and PAR does the work (0 iterations: worse).
+    (> 0.5: WeCLIP's 1 - CAM background; SeCo's 0.7 would mark fewer pixels, its 0.25 more), and PAR does the
+    work (0 iterations: worse).
     This tests the refinement stage with a controlled CAM (`_coarse_cams`): with random backbone weights the
     methods' own CAMs are uninformative (demo scale, data seeds 0-1: IoU <= 0.004 with these masks, their
     pseudo-labels <= 0.014), and WeCLIP's transition gets attention that carries no information (each patch
