@@ -136,6 +136,10 @@ def test_file_defaults_apply_unless_an_experiment_overrides_them(config_dir: Pat
             "'supervision' was unexpected",
         ),
         ({"method": "toy", "protocol": "p", "datasets": ["imagenet"]}, "x.datasets.0"),
+        (
+            {"method": "toy", "protocol": "p", "datasets": ["dtd"]},
+            "x.datasets.0: 'dtd' is not a defect dataset",
+        ),
         ({"method": "toy", "protocol": "p", "datasets": ["ksdd"], "threshold": "median"}, "x.threshold"),
         ({"method": "toy", "protocol": "p", "datasets": ["ksdd"], "f1_level": "box"}, "x.f1_level"),
     ],
