@@ -347,7 +347,7 @@ SYNTHETIC_USERS = ("weakrest", "adclick", "simpleclick", "gpcis")
 
 def test_every_method_takes_its_synthetic_anomalies_from_the_one_shared_block() -> None:
     """WeakREST, ADClick*, SimpleClick* and GPCIS* resolve to config/anomalies.yaml's `memseg` settings at both
-    scales and per dataset (BTAD's 50 px, KSDD2's 1x), with nothing of their own but WeakREST's label thresholds."""
+    scales and per dataset (BTAD's 50 px, KSDD2's 1x), with nothing of their own."""
     import yaml
 
     from defectbench.experiments import _scaled
@@ -358,15 +358,14 @@ def test_every_method_takes_its_synthetic_anomalies_from_the_one_shared_block() 
             expected = _scaled(shared, "config/anomalies.yaml", dataset, scale)
             for method in SYNTHETIC_USERS:
                 resolved = method_params(method, dataset, scale)["anomaly"]
-                own = {"eps_pos": 0.5, "eps_neg": 0.1} if method == "weakrest" else {}
-                assert resolved == {**expected, **own}, (method, dataset, scale)
+                assert resolved == expected, (method, dataset, scale)
     assert method_params("adclick", "mvtec_ad", "paper")["anomaly"]["per_normal"] == 2  # notes: 2x on MVTec
     assert method_params("gpcis", "btad", "paper")["anomaly"]["min_component_px"] == 50
     assert method_params("simpleclick", "btad", "demo")["anomaly"]["min_component_px"] == 2
-    # an experiment's override reaches the method's block (WeakREST Table VI)
+    # an experiment's override reaches the method's block
     assert (
-        method_params("weakrest", "mvtec_ad", "demo", {"anomaly": {"eps_pos": 0.25}})["anomaly"]["eps_pos"]
-        == 0.25
+        method_params("weakrest", "mvtec_ad", "demo", {"anomaly": {"per_normal": 3}})["anomaly"]["per_normal"]
+        == 3
     )
 
 

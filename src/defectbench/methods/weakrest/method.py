@@ -126,7 +126,10 @@ class WeakREST(Method):
             images = np.stack([m[0] for m in made])
             r, _ = model.residuals(images, [train_index.get(s.image_id) for s in part])
             residuals.append(r.astype(np.float16))
-            labels += [weak_labels.block_labels(m[1], stride, a["eps_pos"], a["eps_neg"]) for m in made]
+            labels += [
+                weak_labels.block_labels(m[1], stride, self.params["eps_pos"], self.params["eps_neg"])
+                for m in made
+            ]
         return np.concatenate(residuals), np.stack(labels)
 
     # -- Method ---------------------------------------------------------------------------------------------------
