@@ -81,11 +81,20 @@ def test_memory_cases_by_string_switch_and_upstream_only_methods_explained(monke
         "refine": {"method": "refiner", "datasets": ["d"], "upstream": "seg_fpn"},
     }
     monkeypatch.setattr(selection, "load_experiments", lambda config_dir: experiments)
+    monkeypatch.setattr(selection, "method_params", lambda *args: {})  # no residual features
     cases = selection.memory_cases({"datasets": {"d": {}}})
     measured = {(c.method, c.experiment) for c in cases if c.reason is None}
     assert measured == {("seg", "seg_unet"), ("seg", "seg_fpn")}  # booleans do not split a case
     (refiner,) = [c for c in cases if c.method == "refiner"]
     assert refiner.experiment is None and "upstream" in refiner.reason and "seg_fpn" in refiner.reason
+
+
+def test_memory_cases_of_residual_methods_say_why_they_are_not_measured() -> None:
+    """A residual method's `fit` needs the shared residual file: one standalone iteration would only fail."""
+    cases = selection.memory_cases({"datasets": {"mvtec_ad": {}}}, methods=["weakrest", "patchcore"])
+    weakrest = [c for c in cases if c.method == "weakrest"]
+    assert weakrest and all("residual file" in c.reason for c in weakrest)
+    assert all(c.reason is None for c in cases if c.method == "patchcore")
 
 
 def _sample(tmp_path: Path, index: int, label: int) -> Sample:
