@@ -19,7 +19,7 @@ from defectbench.features import ResidualFile, compute_residual_features, featur
 from defectbench.methods.base import build
 from defectbench.methods.weakrest.anomalies import synthesize_anomaly
 from defectbench.methods.weakrest.foreground import ForegroundEstimator
-from defectbench.methods.weakrest.loss import UNKNOWN, focal_loss, random_mask, sharpen
+from defectbench.methods.weakrest.loss import IGNORE, UNKNOWN, focal_loss, random_mask, sharpen, token_mixup
 from defectbench.methods.weakrest.method import image_supervisions, real_block_labels
 from defectbench.metrics import evaluate
 from defectbench.tables.spec import GridEntry, TableSpec
@@ -210,6 +210,24 @@ def test_loss_pieces() -> None:
     good = focal_loss(logits, torch.tensor([1.0, 0.0, 1.0]), torch.ones(3, dtype=torch.bool), 0.25, 4)
     bad = focal_loss(logits, torch.tensor([0.0, 1.0, 0.0]), torch.ones(3, dtype=torch.bool), 0.25, 4)
     assert good < bad
+
+
+def test_token_mixup_pairs_tokens_across_the_batch_and_leaves_ignored_ones() -> None:
+    """Algorithm 1's W = Shuffle(Union(X, U)): partners are tokens of any image and position, never ignored ones."""
+    labels = torch.tensor([[[0, IGNORE], [UNKNOWN, 1]], [[0, 0], [IGNORE, UNKNOWN]]])
+    tokens = torch.arange(8, dtype=torch.float32).reshape(2, 2, 2, 1) * 10
+    targets = labels.clamp_min(0).float()
+    mixed, mixed_targets = token_mixup(tokens, targets, labels, 0.75, torch.Generator().manual_seed(0))
+    partners = ((mixed - 0.75 * tokens) / 0.25 / 10).round().long().reshape(-1)
+    usable = (labels != IGNORE).reshape(-1)
+    assert sorted(partners[usable].tolist()) == torch.nonzero(usable)[:, 0].tolist()  # a permutation of them
+    assert (partners[~usable] == torch.nonzero(~usable)[:, 0]).all()  # ignored tokens unchanged
+    assert (
+        partners[usable].div(4, rounding_mode="floor") != torch.arange(8)[usable] // 4
+    ).any()  # across images
+    torch.testing.assert_close(
+        mixed_targets.reshape(-1), 0.75 * targets.reshape(-1) + 0.25 * targets.reshape(-1)[partners]
+    )
 
 
 def test_synthetic_anomaly_changes_only_its_mask() -> None:

@@ -43,6 +43,22 @@ def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
     return a / (a + b).clamp_min(1e-12)
 
 
+def token_mixup(
+    tokens: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor, mix: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1, steps 5-6: W = Shuffle(Union(X, U)) over the batch's tokens, and each token mixed with its
+    partner in W at weight `mix` (≥ 0.5: the token stays dominant at its own position); ignored tokens are
+    neither mixed nor partners."""
+    flat_labels = labels.reshape(-1)
+    usable = torch.nonzero(flat_labels != IGNORE)[:, 0]
+    partner = torch.arange(len(flat_labels), device=tokens.device)
+    partner[usable] = usable[torch.randperm(len(usable), generator=generator).to(tokens.device)]
+    flat_tokens, flat_targets = tokens.reshape(-1, tokens.shape[-1]), targets.reshape(-1)
+    mixed_tokens = mix * flat_tokens + (1 - mix) * flat_tokens[partner]
+    mixed_targets = mix * flat_targets + (1 - mix) * flat_targets[partner]
+    return mixed_tokens.reshape(tokens.shape), mixed_targets.reshape(targets.shape)
+
+
 def resmixmatch_loss(
     model: Callable[[torch.Tensor], torch.Tensor],
     tokens: torch.Tensor,
@@ -56,8 +72,8 @@ def resmixmatch_loss(
     weight (drawn by the caller from its own seeded generator).
 
     Without UNKNOWN tokens this is the supervised loss: Eq. 17 on the masked tokens (Eq. 18) of the known ones.
-    Mixup pairs whole token maps of the batch (per-image, positions kept, so that the Swin blocks still see
-    coherent neighbourhoods); a mixed token is unknown, known or ignored as its first image's token.
+    With them, mixup pairs tokens as Algorithm 1 writes it (`token_mixup`); a mixed token is unknown or known as
+    its own token (L_u or L_x).
     """
     beta, kappa = params["mask_probability"], params["jitter"]
     known, unknown = labels >= 0, labels == UNKNOWN
@@ -74,15 +90,9 @@ def resmixmatch_loss(
             ]
         ).mean(0)
         targets = torch.where(unknown, sharpen(guesses, params["sharpen_temperature"]), targets)
-    mix = max(mix, 1 - mix)
-    order = torch.randperm(len(tokens), generator=generator).to(tokens.device)
-    mixed_tokens = mix * tokens + (1 - mix) * tokens[order]
-    mixed_targets = mix * targets + (1 - mix) * targets[order]
-    usable = labels[order] != IGNORE
+    mixed_tokens, mixed_targets = token_mixup(tokens, targets, labels, max(mix, 1 - mix), generator)
     logits = model(random_mask(mixed_tokens, beta, kappa, generator))
     # Algorithm 1, step 9: Z⁺ / Z⁻ split the mixed labels at 0.5 (focal_loss)
-    loss_x = focal_loss(logits, mixed_targets, known & usable, params["focal_alpha"], params["focal_gamma"])
-    loss_u = focal_loss(
-        logits, mixed_targets, unknown & usable, params["focal_alpha_u"], params["focal_gamma"]
-    )
+    loss_x = focal_loss(logits, mixed_targets, known, params["focal_alpha"], params["focal_gamma"])
+    loss_u = focal_loss(logits, mixed_targets, unknown, params["focal_alpha_u"], params["focal_gamma"])
     return loss_x + lambda_u * loss_u, {"loss_x": float(loss_x.detach()), "loss_u": float(loss_u.detach())}
