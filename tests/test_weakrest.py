@@ -1,7 +1,11 @@
-"""WeakREST learns: on synthetic MVTec-format data with random backbones it beats PatchCore with pixel and block
-labels, and the LDA foreground separates an object from a flat background. Margins were measured (see each
-assertion). Box and image labels (ResMixMatch) do not beat PatchCore / the synthetic-only model reliably at demo
-scale (per-seed numbers and the reason: the method config, above `eps_pos`): no test claims they do."""
+"""WeakREST learns: on synthetic MVTec-format data with random backbones it beats PatchCore with pixel, block and
+box labels, and the LDA foreground separates an object from a flat background. Margins were measured on seeds 0-4
+(see each assertion). Image labels (ResMixMatch) do not beat the synthetic-only model at any scale measured here
+(per-seed numbers and the reasons: the method config, above `eps_pos`): no test claims they do.
+
+The learning fixture is a 128 px carpet (16×16 tokens) with 2×2 windows: the paper's window covers 1/8 of its
+64×64 token grid, and the demo's 64 px (8×8 tokens, 4×4 windows: half the grid) spreads each defect over half the
+image (ibid.), so that the fine-tuned weak-label runs lose to PatchCore there."""
 
 from __future__ import annotations
 
@@ -27,11 +31,14 @@ from defectbench.tables.spec import GridEntry, TableSpec
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = (64, 64)
+CARPET = (128, 128)  # the learning fixture's images (module docstring)
+WINDOW = 2  # 1/8 of its 16×16 token grid, as the paper's 8 of 64
 
 
 @pytest.fixture(scope="module")
 def carpet(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Synthetic MVTec carpet (16 defective images: 10 to training), its residual file and PatchCore's pixel AP."""
+    """Synthetic MVTec carpet at 128 px (16 defective images: 10 to training), its residual file and PatchCore's
+    pixel AP at that size."""
     from defectbench.data.indexers import index_dataset
     from defectbench.data.samples import load_samples
     from defectbench.data.splits import make_split
@@ -41,7 +48,7 @@ def carpet(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("weakrest")
     torch.set_num_threads(1)
     root = synthesize(
-        "mvtec_ad", tmp / "mvtec_ad", seed=0, categories=["carpet"], image_size=64, n_test_per_defect=8
+        "mvtec_ad", tmp / "mvtec_ad", seed=0, categories=["carpet"], image_size=CARPET[0], n_test_per_defect=8
     )
     manifest = index_dataset("mvtec_ad", root, check_counts=False)
     manifest_csv = write_csv(tmp / "manifest.csv", manifest)
@@ -51,11 +58,12 @@ def carpet(tmp_path_factory: pytest.TempPathFactory) -> dict:
             tmp / f"{protocol}.csv", make_split("mvtec_ad", protocol, manifest, synthetic=True)
         )
         subsets[protocol] = load_samples(manifest_csv, split_csv, root, "carpet")
-    settings = feature_settings("weakrest", "mvtec_ad", "carpet", "demo")
+    settings = {**feature_settings("weakrest", "mvtec_ad", "carpet", "demo"), "input_size": list(CARPET)}
     path = compute_residual_features(
         tmp / "residuals.npz", subsets["unsupervised"], settings, CPU, "unsupervised.csv"
     )
-    patchcore = build("patchcore", method_params("patchcore", "mvtec_ad", "demo"), CPU, 0)
+    patchcore_params = {**method_params("patchcore", "mvtec_ad", "demo"), "input_size": list(CARPET)}
+    patchcore = build("patchcore", patchcore_params, CPU, 0)
     patchcore.fit(subsets["supervised10"]["train"])
     test = subsets["supervised10"]["test"]
     return {
@@ -68,8 +76,8 @@ def carpet(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def pixel_ap(method, test: list[Sample]) -> float:
-    predictions = method.predict(test, SIZE)
-    masks = np.stack([s.read_mask(SIZE) for s in test])
+    predictions = method.predict(test, CARPET)
+    masks = np.stack([s.read_mask(CARPET) for s in test])
     labels = np.array([s.label for s in test])
     return evaluate(predictions.score, labels, predictions.maps, masks, ["p_ap"])["p_ap"]
 
@@ -80,7 +88,12 @@ def weakrest(carpet: dict, supervision: str, upstream: str | None = None, **over
     if key not in carpet["models"]:
         params = deep_merge(
             method_params("weakrest", "mvtec_ad", "demo"),  # procedural textures (DTD: test_dtd.py)
-            {"supervision": supervision, "anomaly": {"texture_source": "procedural"}, **overrides},
+            {
+                "supervision": supervision,
+                "window": WINDOW,
+                "anomaly": {"texture_source": "procedural"},
+                **overrides,
+            },
         )
         if supervision != "un":
             params["batch_mix"] = [2, 2, 1]
@@ -103,7 +116,18 @@ def test_pixel_and_block_labels_beat_patchcore(carpet: dict) -> None:
         real_block_labels(sample, "block", params, SIZE, 8, rng),
     )
     ap = pixel_ap(weakrest(carpet, "block"), carpet["test"])
-    assert ap > carpet["patchcore"] + 0.05, (ap, carpet["patchcore"])  # measured: 0.47 vs 0.37
+    # measured: 0.68 vs 0.48 (seeds 1-4: 0.62 / 0.63 / 0.65 / 0.65)
+    assert ap > carpet["patchcore"] + 0.08, (ap, carpet["patchcore"])
+
+
+def test_box_labels_beat_patchcore(carpet: dict) -> None:
+    """ResMixMatch on box labels (the paper's 50 % rule), fine-tuned from the unsupervised model. Fine-tuning runs at
+    lr 2e-4: the demo's 1e-3 (20× the paper's 5e-5, so that 120 steps from scratch converge) dropped this run to
+    0.38 on seed 0 (seeds 1-4: 0.57 / 0.60 / 0.62 / 0.66)."""
+    model = weakrest(carpet, "bbox", upstream="un", box_outside=0.5, lr=2e-4)
+    ap = pixel_ap(model, carpet["test"])
+    # measured: 0.66 vs 0.48 (seeds 1-4: 0.62 / 0.61 / 0.62 / 0.66)
+    assert ap > carpet["patchcore"] + 0.08, (ap, carpet["patchcore"])
 
 
 def test_predict_reports_latency_and_maps_at_eval_size(carpet: dict) -> None:
@@ -118,7 +142,7 @@ def test_state_round_trip_predicts_the_same(carpet: dict) -> None:
     again = build("weakrest", model.params, CPU, 0)
     again.features = carpet["file"]
     again.load_state_dict(model.state_dict())
-    a, b = model.predict(carpet["test"][:4], SIZE), again.predict(carpet["test"][:4], SIZE)
+    a, b = model.predict(carpet["test"][:4], CARPET), again.predict(carpet["test"][:4], CARPET)
     np.testing.assert_allclose(a.maps, b.maps, atol=1e-6)
 
 
