@@ -401,3 +401,12 @@ def test_adclick_finetuning_refuses_a_pretraining_checkpoint_of_other_units_or_s
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(DataError, match=r"pretrain.pt cannot be read .*truncated or damaged"):
         finetuned_adclick(units, tmp_path).fit(units["bottle"][0]["train"])
+
+
+def test_adclick_finetuning_without_an_anomaly_block_is_refused_before_training() -> None:
+    from defectbench.experiments import method_params
+
+    params = {**method_params("adclick", "mvtec_ad", "demo"), "finetune": True}
+    del params["anomaly"]
+    with pytest.raises(ValueError, match="finetune: true needs the `anomaly` block"):
+        ADClick(params, torch.device("cpu"), 0)

@@ -61,6 +61,12 @@ class ADClick(InteractiveMethod):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # checked here: fit would only fail after the whole pre-training
+        if self.params.get("finetune") and "anomaly" not in self.params:
+            raise ValueError(
+                f"{self.name} with finetune: true needs the `anomaly` block (synthetic anomalies of the target); "
+                f"see config/methods/{self.name}.yaml"
+            )
         self.net: ADClickNet | None = None
         self.words: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
