@@ -18,6 +18,7 @@ from defectbench.experiments import method_params
 from defectbench.features import ResidualFile, compute_residual_features, feature_settings
 from defectbench.methods.base import build
 from defectbench.methods.image_level import to_tensor
+from defectbench.methods.seco.model import local_crops
 from defectbench.metrics import evaluate, scale_boxes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -130,6 +131,59 @@ def test_wsss_baselines_fit_predict_and_take_defect_free_images_as_background(
     again = build(method, params, CPU, seed=0)
     again.load_state_dict(model.state_dict())
     np.testing.assert_array_equal(again.predict(test, (48, 64)).maps, predictions.maps)
+
+
+def _position_images(n: int, size: int) -> torch.Tensor:
+    """(n, 3, size, size) images whose pixels hold their row, column and image index: a crop tells where it was."""
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return torch.stack([torch.stack([rows, cols, torch.full_like(rows, i)]) for i in range(n)]).float()
+
+
+def test_seco_local_crops_are_centred_on_the_cams_uncertain_band_and_labelled_by_its_share() -> None:
+    """SeCo's decomposition (`cam_to_roi_mask` + `assign_csc_tags`): crops centred on CAM pixels in (0.25, 0.7],
+    any pixel where fewer than `count` are (full crops, not resized); a crop > 20% defect-or-uncertain is defect
+    if its image has a pixel > 0.7, left out if it has none; otherwise, and on defect-free images, background."""
+    size, count, crop = 32, 6, 8
+    images, cam = _position_images(4, size), torch.zeros(4, size, size)
+    cam[0, 10:18, 10:18], cam[0, 12:16, 12:16] = 0.5, 0.9  # a defect ringed by uncertain pixels
+    cam[1, 20, 5:7] = 0.5  # a defect image with 2 uncertain pixels only, none confident: any positions
+    cam[2] = 0.5  # a defect image uncertain everywhere, confident nowhere: its crops are left out
+    # image 3: defect-free (its CAM is zeroed by its label)
+    crops, labels = local_crops(images, cam, (0.7, 0.25), count, crop, 0.2, torch.Generator().manual_seed(0))
+    assert crops.shape == (3 * count, 3, crop, crop)
+    top, left, image = crops[:, 0, 0, 0].long(), crops[:, 1, 0, 0].long(), crops[:, 2, 0, 0].long()
+    offsets = torch.arange(crop).float()
+    assert torch.equal(crops[:, 0, :, 0], top[:, None] + offsets)  # whole windows of the image, not resized
+    assert torch.equal(crops[:, 1, 0], left[:, None] + offsets)
+    centre = cam[image, top + crop // 2, left + crop // 2]
+    assert image.tolist() == [0] * count + [1] * count + [3] * count
+    assert ((centre[:count] > 0.25) & (centre[:count] <= 0.7)).all(), centre  # on the uncertain ring
+    corners = set(zip(top[count : 2 * count].tolist(), left[count : 2 * count].tolist(), strict=True))
+    assert len(corners) == count  # image 1: drawn without replacement among all positions
+    # every crop centred on image 0's ring is >= 16/64 inside the 8x8 defect + ring; image 1's hold <= 2/64
+    assert labels.tolist() == [1] * count + [0] * (2 * count), labels
+    again = local_crops(images, cam, (0.7, 0.25), count, crop, 0.2, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], crops) and torch.equal(again[1], labels)
+
+
+def test_seco_chooses_local_crops_on_the_auxiliary_cam_then_on_the_cam() -> None:
+    """SeCo's `--cam2mask`: the auxiliary CAM chooses and labels the local crops before `local_cam_from`, the CAM
+    from it on (not the pseudo-label); local crops that do not fit in the input are refused when built."""
+    params = method_params("seco", "visa", "demo", {"local_cam_from": 5})
+    model = build("seco", params, CPU, seed=0)
+    images, size = _position_images(1, 64), int(params["local_size"])
+    uncertain = torch.full((1, 64, 64), 0.5)
+    confident = uncertain.clone()
+    confident[0, 30:34, 30:34] = 0.9  # one confident spot: every crop (all uncertain) is a defect crop
+    early = model._local_crops(images, uncertain, confident, iteration=4)[1]
+    assert early.tolist() == [1] * params["local_crops"], early  # the aux CAM's labels
+    # the auxiliary CAM has no confident pixel: its crops, all uncertain, are left out
+    assert model._local_crops(images, confident, uncertain, iteration=4)[1].numel() == 0
+    assert model._local_crops(images, uncertain, confident, iteration=5)[1].numel() == 0  # now the CAM's
+    late = model._local_crops(images, confident, uncertain, iteration=5)
+    assert late[0].shape == (params["local_crops"], 3, size, size)
+    with pytest.raises(ValueError, match=r"local crops.*input_size.*seco\.yaml"):
+        build("seco", method_params("seco", "visa", "demo", {"local_size": 64}), CPU, seed=0)
 
 
 STRIDE = 16  # ViT-B/16's patch grid: the resolution of WeCLIP's and SeCo's CAMs

@@ -1,7 +1,8 @@
 """SeCo adapted to two-class defect data (RFL+RIS supplement 1.2.2): a ViT-B/16 student and its momentum teacher;
 the student's multi-scale CAM refined by PAR against two background scores gives pseudo-labels for the segmentation
-head and the decomposition losses (local crops contrasted against the teacher's queue, tokens against global
-prototypes), its auxiliary CAM the affinity loss's labels; inference: multi-scale + flip, DenseCRF."""
+head and the global decomposition loss (tokens against global prototypes); its auxiliary CAM (the CAM in the second
+half) chooses and labels the local crops contrasted against the teacher's queue, and labels the affinity loss;
+inference: multi-scale + flip, DenseCRF."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from defectbench.methods.seco.model import (
     cam_labels,
     global_contrast,
     local_contrast,
+    local_crops,
     multi_scale_cams,
     refine_with_background,
 )
@@ -43,14 +45,20 @@ class SeCo(Method):
     required_params = (
         "vit", "pretrained", "input_size", "projection_dim", "aspp_rates", "aspp_channels", "iterations",
         "batch_size", "lr", "head_lr_scale", "weight_decay", "warmup_steps", "poly_power", "ema", "cam_scales",
-        "par_iterations", "cam_high", "cam_low", "local_grid", "local_size", "queue_size", "local_temperature",
-        "prototype_momentum", "global_temperature", "weights", "lig_start", "seg_start", "test_scales", "crf",
-        "augment", "log_every",
+        "par_iterations", "cam_high", "cam_low", "local_crops", "local_size", "local_share", "local_cam_from",
+        "queue_size", "local_temperature", "prototype_momentum", "global_temperature", "weights", "lig_start",
+        "seg_start", "test_scales", "crf", "augment", "log_every",
     )  # fmt: skip
 
     def __init__(self, params: Any, device: torch.device, seed: int, workdir: Any = None):
         super().__init__(params, device, seed, workdir)
         self.size = tuple(self.params["input_size"])
+        margin, crops = int(self.params["local_size"]) // 2, int(self.params["local_crops"])
+        if min(self.size) <= 2 * margin or (self.size[0] - 2 * margin) * (self.size[1] - 2 * margin) < crops:
+            raise ValueError(
+                f"seco: {crops} local crops of local_size {self.params['local_size']} px do not fit in input_size "
+                f"{list(self.size)}: lower local_size or local_crops (config/methods/seco.yaml)"
+            )
         self.student = SeCoNet(self.params, seed).to(device)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         dim = self.params["projection_dim"]
@@ -74,26 +82,18 @@ class SeCo(Method):
             images, cam, labels, p["cam_high"], p["cam_low"], int(p["par_iterations"])
         )
 
-    def _local_crops(self, images: torch.Tensor, pseudo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decompose images into a grid of crops resized to local_size; a crop is a defect crop if it holds a
-        defect pseudo-pixel, background if it holds only background, else left out."""
-        grid, size = int(self.params["local_grid"]), [int(self.params["local_size"])] * 2
-        height, width = images.shape[-2] // grid, images.shape[-1] // grid
-        crops, labels = [], []
-        for i in range(grid):
-            for j in range(grid):
-                window = (slice(None), slice(i * height, (i + 1) * height), slice(j * width, (j + 1) * width))
-                region = pseudo[window]
-                defect = (region == 1).flatten(1).any(dim=1)
-                background = (region == 0).flatten(1).all(dim=1)
-                keep = defect | background
-                if keep.any():
-                    crop = images[:, :, window[1], window[2]][keep]
-                    crops.append(F.interpolate(crop, size=size, mode="bilinear", align_corners=False))
-                    labels.append(defect[keep].long())
-        if not crops:
-            return images[:0], pseudo.new_zeros(0)
-        return torch.cat(crops), torch.cat(labels)
+    def _local_crops(
+        self, images: torch.Tensor, cam: torch.Tensor, aux: torch.Tensor, iteration: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local crops and their labels chosen on the auxiliary CAM, on the CAM from iteration `local_cam_from`
+        (SeCo's `--cam2mask`); the draw is seeded per iteration, so a resumed run draws the same crops."""
+        p = self.params
+        source = cam if iteration >= int(p["local_cam_from"]) else aux
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+        return local_crops(
+            images, source, (p["cam_high"], p["cam_low"]), int(p["local_crops"]), int(p["local_size"]),
+            float(p["local_share"]), generator,
+        )  # fmt: skip
 
     def _optimizer(self) -> torch.optim.Optimizer:
         p = self.params
@@ -126,11 +126,11 @@ class SeCo(Method):
             cls = cls + F.multilabel_soft_margin_loss(
                 self.student.aux_classifier(aux).flatten(1).amax(1, keepdim=True), target[:, None]
             )
-            _, pseudo, aux_cam = self.pseudo_labels(images, labels[batch])
+            cam, pseudo, aux_cam = self.pseudo_labels(images, labels[batch])
             aux_small = resize_maps(aux_cam, features.shape[-2:])
             aux_labels = cam_labels(aux_small, labels[batch], p["cam_high"], p["cam_low"])
             losses = {"cls": cls, "affinity": w["affinity"] * affinity_loss(features, aux_labels)}
-            crops, crop_labels = self._local_crops(images, pseudo)
+            crops, crop_labels = self._local_crops(images, cam, aux_cam, iteration)
             if crops.shape[0]:
                 student_local = self.student.projector(self.student.encode(crops)[2])
                 with torch.no_grad():

@@ -94,6 +94,45 @@ def cam_labels(cam: torch.Tensor, labels: torch.Tensor, high: float, low: float)
     return out
 
 
+def local_crops(
+    images: torch.Tensor,
+    cam: torch.Tensor,
+    thresholds: tuple[float, float],
+    count: int,
+    size: int,
+    share: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SeCo's decomposition (its `cam_to_roi_mask` + `assign_csc_tags`, one defect class): the CAM is defect
+    above `high`, uncertain in (`low`, `high`], background at or below `low`; `count` crops of `size` px per image
+    are centred on pixels drawn without replacement among the uncertain ones at least `size // 2` from the border
+    (among all of those if fewer than `count` are uncertain). A crop at most `share` defect or uncertain is
+    background; otherwise defect if the image has a defect pixel, else left out (uncertain). images (N, C, H, W),
+    CAM (N, H, W), zero on defect-free images → (crops (M, C, size, size), labels (M,)), not resized."""
+    high, low = thresholds
+    n, height, width = cam.shape
+    roi = (cam > high).long() - ((cam > low) & (cam <= high)).long()  # 1 defect, -1 uncertain, 0 background
+    margin = size // 2
+    # a crop's top-left corner is the index of its centre in the map cut by the margin
+    inner = roi[:, margin : height - margin, margin : width - margin]
+    if inner.shape[-1] * inner.shape[-2] < count:
+        raise ValueError(f"{count} local crops of {size} px do not fit in {height}x{width} images")
+    candidate = inner == -1
+    candidate |= (candidate.flatten(1).sum(dim=1) < count)[:, None, None]
+    scores = torch.rand(inner.shape, generator=generator).to(cam.device).masked_fill(~candidate, -1.0)
+    chosen = scores.flatten(1).topk(count, dim=1).indices  # (N, count): a uniform draw among the candidates
+    offsets = torch.arange(size, device=cam.device)
+    rows = (chosen // inner.shape[-1])[:, :, None, None] + offsets[:, None]
+    cols = (chosen % inner.shape[-1])[:, :, None, None] + offsets
+    batch = torch.arange(n, device=cam.device)[:, None, None, None]
+    crops = images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 1, 4, 2, 3)  # (N, count, C, size, size)
+    covered = (roi[batch, rows, cols] != 0).float().mean(dim=(-2, -1))
+    has_defect = (roi == 1).flatten(1).any(dim=1)[:, None].expand_as(covered)
+    keep = (covered <= share) | has_defect
+    labels = (covered > share).long()
+    return crops[keep], labels[keep]
+
+
 def refine_with_background(
     images: torch.Tensor, cam: torch.Tensor, labels: torch.Tensor, high: float, low: float, iterations: int
 ) -> torch.Tensor:
