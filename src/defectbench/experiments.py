@@ -112,8 +112,8 @@ def anomaly_settings(
     block: Any, dataset: str, scale: str, where: str, config_dir: Path = CONFIG_DIR
 ) -> dict[str, Any]:
     """A method's synthetic-anomaly settings: the generator it names in config/anomalies.yaml (the one source of
-    truth, checked against its schema), updated with the method's own keys (a paper-cited override or WeakREST's
-    block-label thresholds); the result checked against the schema's `resolved` definition."""
+    truth, checked against its schema), updated with the method's own keys (a paper-cited override of a generator
+    setting); the result checked against the schema's `resolved` definition."""
     path = config_dir / "anomalies.yaml"
     schema = load_yaml(ANOMALY_SCHEMA_PATH.read_text())
     generators = read_yaml(path)

@@ -30,6 +30,7 @@ from defectbench.methods.seco.model import (
     SeCoNet,
     affinity_loss,
     cam_labels,
+    crop_centres,
     global_contrast,
     local_contrast,
     local_crops,
@@ -53,8 +54,8 @@ class SeCo(Method):
     def __init__(self, params: Any, device: torch.device, seed: int, workdir: Any = None):
         super().__init__(params, device, seed, workdir)
         self.size = tuple(self.params["input_size"])
-        margin, crops = int(self.params["local_size"]) // 2, int(self.params["local_crops"])
-        if min(self.size) <= 2 * margin or (self.size[0] - 2 * margin) * (self.size[1] - 2 * margin) < crops:
+        crops = int(self.params["local_crops"])
+        if crop_centres(*self.size, int(self.params["local_size"])) < crops:
             raise ValueError(
                 f"seco: {crops} local crops of local_size {self.params['local_size']} px do not fit in input_size "
                 f"{list(self.size)}: lower local_size or local_crops (config/methods/seco.yaml)"

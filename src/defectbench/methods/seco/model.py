@@ -94,6 +94,12 @@ def cam_labels(cam: torch.Tensor, labels: torch.Tensor, high: float, low: float)
     return out
 
 
+def crop_centres(height: int, width: int, size: int) -> int:
+    """How many centres a crop of `size` px has in a height × width image (at least size // 2 from the border)."""
+    margin = size // 2
+    return max(0, height - 2 * margin) * max(0, width - 2 * margin)
+
+
 def local_crops(
     images: torch.Tensor,
     cam: torch.Tensor,
@@ -115,7 +121,7 @@ def local_crops(
     margin = size // 2
     # a crop's top-left corner is the index of its centre in the map cut by the margin
     inner = roi[:, margin : height - margin, margin : width - margin]
-    if inner.shape[-1] * inner.shape[-2] < count:
+    if crop_centres(height, width, size) < count:
         raise ValueError(f"{count} local crops of {size} px do not fit in {height}x{width} images")
     candidate = inner == -1
     candidate |= (candidate.flatten(1).sum(dim=1) < count)[:, None, None]
